@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Shared by every probe object: the ring buffer, the lost-record counter, the
+ * configuration written to rodata before load, and the readers for conntrack
+ * entries, packet headers and the current task. Everything reads kernel memory
+ * through CO-RE, so one object runs on every kernel that has the fields. */
+#ifndef CTRACE_COMMON_BPF_H
+#define CTRACE_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "ctrace.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* 0: every netns. Otherwise only events whose netns inode matches. */
+const volatile __u32 filter_netns = 0;
+
+/* A dummy global so that the skeleton generates the Rust type of the record. */
+struct ct_event ct_event_abi = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+#define NF_DROP 0
+#define NF_ACCEPT 1
+#define NF_REPEAT 4
+
+#define IPS_CONFIRMED (1UL << 3)
+#define IPS_SRC_NAT (1UL << 4)
+#define IPS_DST_NAT (1UL << 5)
+#define IPS_DYING (1UL << 9)
+#define IPS_NAT_CLASH (1UL << 12)
+
+#define NF_NAT_RANGE_PROTO_RANDOM_FULLY 16
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+#define TCP_SYN_SENT 2
+
+static __always_inline void ct_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
+{
+	struct ct_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		ct_lost();
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->cpu = bpf_get_smp_processor_id();
+	e->source = source;
+	e->hook = 0xff;
+	return e;
+}
+
+/* pid, comm and cgroup only where the hook is known to run for a task. None of
+ * the conntrack hooks is: they run in softirq as often as in a syscall, and the
+ * per-CPU preempt count that would tell them apart is not addressable on every
+ * kernel (it needs CONFIG_KALLSYMS_ALL). So no pid is given rather than a wrong
+ * one; CT_F_TASK stays reserved for hooks that can prove task context. */
+static __always_inline void ct_task(struct ct_event *e)
+{
+}
+
+static __always_inline void ct_read_tuple(struct ct_tuple *out, struct nf_conntrack_tuple *t)
+{
+	bpf_probe_read_kernel(out->src, 16, &t->src.u3);
+	bpf_probe_read_kernel(out->dst, 16, &t->dst.u3);
+	out->sport = bpf_ntohs(BPF_CORE_READ(t, src.u.all));
+	out->dport = bpf_ntohs(BPF_CORE_READ(t, dst.u.all));
+}
+
+static __always_inline __u32 ct_netns_of(struct nf_conn *ct)
+{
+	return BPF_CORE_READ(ct, ct_net.net, ns.inum);
+}
+
+/* Fill family, protocol and both tuples from a conntrack entry. */
+static __always_inline void ct_read_conn(struct ct_event *e, struct nf_conn *ct)
+{
+	__u16 l3 = BPF_CORE_READ(ct, tuplehash[0].tuple.src.l3num);
+
+	e->ct = (__u64)ct;
+	e->family = l3 == AF_INET6 ? 6 : 4;
+	e->proto = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum);
+	ct_read_tuple(&e->orig, &ct->tuplehash[0].tuple);
+	ct_read_tuple(&e->reply, &ct->tuplehash[1].tuple);
+	e->flags |= CT_F_REPLY;
+}
+
+static __always_inline struct nf_conn *ct_of_skb(struct sk_buff *skb)
+{
+	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+
+	return (struct nf_conn *)(nfct & ~7UL);
+}
+
+/* SNAT chose the reply tuple's destination, DNAT its source. */
+static __always_inline void ct_nat_port(struct ct_event *e, unsigned long status)
+{
+	if (status & IPS_SRC_NAT) {
+		e->flags |= CT_F_SNAT;
+		e->port = e->reply.dport;
+		if (e->reply.dport != e->orig.sport)
+			e->flags |= CT_F_REMAPPED;
+	}
+	if (status & IPS_DST_NAT) {
+		e->flags |= CT_F_DNAT;
+		if (!(status & IPS_SRC_NAT))
+			e->port = e->reply.sport;
+		if (e->reply.sport != e->orig.dport)
+			e->flags |= CT_F_REMAPPED;
+	}
+}
+
+/* Read the IP and TCP/UDP headers of a packet whose network header is set.
+ * Fills family, proto, orig tuple and (TCP) seq/ack/win/flags. Returns the
+ * L4 protocol, or -1 when the headers cannot be read. */
+static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u8 first;
+	__u32 l4off;
+	__u8 proto;
+
+	if (bpf_probe_read_kernel(&first, 1, head + nh))
+		return -1;
+	if ((first >> 4) == 4) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return -1;
+		e->family = 4;
+		proto = ip.protocol;
+		__builtin_memcpy(e->orig.src, &ip.saddr, 4);
+		__builtin_memcpy(e->orig.dst, &ip.daddr, 4);
+		l4off = nh + ip.ihl * 4;
+	} else if ((first >> 4) == 6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return -1;
+		e->family = 6;
+		proto = ip6.nexthdr; /* extension headers are not followed */
+		bpf_probe_read_kernel(e->orig.src, 16, &ip6.saddr);
+		bpf_probe_read_kernel(e->orig.dst, 16, &ip6.daddr);
+		l4off = nh + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	e->proto = proto;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr th;
+
+		if (bpf_probe_read_kernel(&th, sizeof(th), head + l4off))
+			return proto;
+		e->orig.sport = bpf_ntohs(th.source);
+		e->orig.dport = bpf_ntohs(th.dest);
+		e->seq = bpf_ntohl(th.seq);
+		e->ack = bpf_ntohl(th.ack_seq);
+		e->win = bpf_ntohs(th.window);
+		e->tcp_flags = ((__u8 *)&th)[13];
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr uh;
+
+		if (bpf_probe_read_kernel(&uh, sizeof(uh), head + l4off))
+			return proto;
+		e->orig.sport = bpf_ntohs(uh.source);
+		e->orig.dport = bpf_ntohs(uh.dest);
+	}
+	return proto;
+}
+
+static __always_inline __u32 ct_netns_of_skb(struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct sock *sk;
+
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
+}
+
+static __always_inline bool ct_netns_wanted(__u32 netns)
+{
+	return filter_netns == 0 || netns == filter_netns;
+}
+
+#endif

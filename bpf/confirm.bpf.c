@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Probe "confirm": conntrack insert failures (the NAT race's loser) and clashes
+ * that the kernel resolved.
+ *   fentry:  fentry + fexit __nf_conntrack_confirm
+ *   kprobe:  kprobe + kretprobe __nf_conntrack_confirm
+ *   stable:  netfilter hook at INT_MAX-1 (POSTROUTING, LOCAL_IN: just before confirm)
+ *            remembers the skb of an unconfirmed ct; tp_btf/kfree_skb with reason
+ *            NETFILTER_DROP on that skb, still holding that ct, is the lost confirm. */
+#include "common.bpf.h"
+
+struct confirm_entry {
+	__u64 skb;
+	__u64 nfct;
+	__u64 status;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct confirm_entry);
+} confirm_entries SEC(".maps");
+
+static __always_inline void confirm_enter(struct sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct confirm_entry *s = bpf_map_lookup_elem(&confirm_entries, &zero);
+	struct nf_conn *ct;
+
+	if (!s)
+		return;
+	ct = ct_of_skb(skb);
+	s->skb = (__u64)skb;
+	s->nfct = (__u64)ct;
+	s->status = ct ? BPF_CORE_READ(ct, status) : 0;
+}
+
+static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_conn *ct,
+					 __u8 source)
+{
+	__u32 netns = ct_netns_of(ct);
+	struct ct_event *e;
+
+	if (!ct_netns_wanted(netns))
+		return;
+	e = ct_reserve(kind, source);
+	if (!e)
+		return;
+	e->netns = netns;
+	e->reason = reason;
+	ct_read_conn(e, ct);
+	ct_nat_port(e, BPF_CORE_READ(ct, status));
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void confirm_exit(struct sk_buff *skb, int ret, __u8 source)
+{
+	__u32 zero = 0;
+	struct confirm_entry *s = bpf_map_lookup_elem(&confirm_entries, &zero);
+	struct nf_conn *ct, *now;
+
+	if (!s || !s->nfct || (skb && (__u64)skb != s->skb))
+		return;
+	ct = (struct nf_conn *)s->nfct;
+	skb = (struct sk_buff *)s->skb;
+	s->nfct = 0;
+	if (ret == NF_DROP) {
+		confirm_emit(CT_KIND_INSERT_FAILED,
+			     (s->status & IPS_DYING) ? CT_R_CONFIRM_DYING : CT_R_CONFIRM_CLASH, ct,
+			     source);
+		return;
+	}
+	now = ct_of_skb(skb);
+	if (now && now != ct) {
+		/* merged: the loser was released; report the entry it merged into */
+		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_MERGED, now, source);
+		return;
+	}
+	if (!(s->status & IPS_NAT_CLASH) && (BPF_CORE_READ(ct, status) & IPS_NAT_CLASH))
+		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_NAT_HARDER, ct, source);
+}
+
+SEC("fentry/__nf_conntrack_confirm")
+int BPF_PROG(confirm_fentry, struct sk_buff *skb)
+{
+	confirm_enter(skb);
+	return 0;
+}
+
+SEC("fexit/__nf_conntrack_confirm")
+int BPF_PROG(confirm_fexit, struct sk_buff *skb, int ret)
+{
+	confirm_exit(skb, ret, CT_SRC_FENTRY);
+	return 0;
+}
+
+SEC("kprobe/__nf_conntrack_confirm")
+int BPF_KPROBE(confirm_kprobe, struct sk_buff *skb)
+{
+	confirm_enter(skb);
+	return 0;
+}
+
+SEC("kretprobe/__nf_conntrack_confirm")
+int BPF_KRETPROBE(confirm_kretprobe, int ret)
+{
+	confirm_exit(NULL, ret, CT_SRC_KPROBE);
+	return 0;
+}
+
+/* stable mode */
+struct pending {
+	__u64 nfct;
+	__u32 netns;
+	__u8 hook;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pending);
+} pending_skbs SEC(".maps");
+
+SEC("netfilter")
+int confirm_nf(struct bpf_nf_ctx *ctx)
+{
+	struct sk_buff *skb = ctx->skb;
+	struct nf_conn *ct = ct_of_skb(skb);
+	struct pending p = {};
+	__u64 key = (__u64)skb;
+
+	if (!ct || (BPF_CORE_READ(ct, status) & IPS_CONFIRMED))
+		return NF_ACCEPT;
+	p.netns = BPF_CORE_READ(ctx, state, net, ns.inum);
+	if (!ct_netns_wanted(p.netns))
+		return NF_ACCEPT;
+	p.nfct = (__u64)ct;
+	p.hook = BPF_CORE_READ(ctx, state, hook);
+	bpf_map_update_elem(&pending_skbs, &key, &p, BPF_ANY);
+	return NF_ACCEPT;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	__u64 key = (__u64)skb;
+	struct pending *p = bpf_map_lookup_elem(&pending_skbs, &key);
+	struct nf_conn *ct;
+	struct ct_event *e;
+	__u64 status;
+
+	if (!p)
+		return 0;
+	ct = ct_of_skb(skb);
+	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP) ||
+	    (__u64)ct != p->nfct || !ct) {
+		bpf_map_delete_elem(&pending_skbs, &key);
+		return 0;
+	}
+	e = ct_reserve(CT_KIND_INSERT_FAILED, CT_SRC_NETFILTER);
+	if (e) {
+		status = BPF_CORE_READ(ct, status);
+		e->netns = p->netns;
+		e->hook = p->hook;
+		e->reason = (status & IPS_DYING) ? CT_R_CONFIRM_DYING : CT_R_CONFIRM_DROP;
+		e->drop_reason = reason;
+		e->location = (__u64)location;
+		ct_read_conn(e, ct);
+		ct_nat_port(e, status);
+		ct_task(e);
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&pending_skbs, &key);
+	return 0;
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(confirm_consume_skb, struct sk_buff *skb)
+{
+	__u64 key = (__u64)skb;
+
+	bpf_map_delete_elem(&pending_skbs, &key);
+	return 0;
+}

@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The one definition of the record that ctrace's BPF programs write to their ring
+ * buffers. Rust reads it through the skeleton's generated type (src/event.rs): never
+ * mirror it by hand. Bump CT_ABI_VERSION on any layout change. */
+#ifndef CTRACE_H
+#define CTRACE_H
+
+#define CT_ABI_VERSION 1
+
+enum ct_kind {
+	CT_KIND_NAT_ALLOC = 1,
+	CT_KIND_INSERT_FAILED = 2,
+	CT_KIND_CLASH_RESOLVED = 3,
+	CT_KIND_TCP_INVALID = 4,
+	CT_KIND_TCP_IGNORED = 5,
+	CT_KIND_HOST_RST = 6,
+	CT_KIND_SYN_RETRANS = 7,
+	CT_KIND_NF_DROP = 8,
+};
+
+/* Reason codes; the wording lives in user space (src/event.rs). */
+enum ct_reason {
+	CT_R_NONE = 0,
+	CT_R_CONFIRM_CLASH = 1,      /* clash with an existing entry, not resolved */
+	CT_R_CONFIRM_DYING = 2,      /* the conntrack entry was dying */
+	CT_R_CONFIRM_DROP = 3,       /* confirm dropped the packet (stable mode: path unknown) */
+	CT_R_CLASH_MERGED = 4,       /* clash resolved: skb now points at the existing entry */
+	CT_R_CLASH_NAT_HARDER = 5,   /* clash resolved: IPS_NAT_CLASH (UDP, harder path) */
+	CT_R_WIN_TEXT = 10,          /* the kernel's own log text is in reason_text */
+	CT_R_WIN_NO_CT = 11,         /* stable: TCP packet left without a ct after conntrack */
+	CT_R_WIN_UNLOGGED = 12,      /* nf_conntrack_tcp_packet said INVALID without a window log */
+	CT_R_DROP_REASON = 20,       /* kfree_skb: value in drop_reason */
+	CT_R_RST_REASON = 21,        /* tcp_send_reset: value in drop_reason (enum sk_rst_reason) */
+};
+
+/* flags */
+#define CT_F_TASK 0x01         /* pid/comm/cgroup are from a task context (not softirq) */
+#define CT_F_REPLY 0x02        /* reply tuple is set */
+#define CT_F_REMAPPED 0x04     /* NAT changed the port */
+#define CT_F_MASKED 0x08       /* window: proposed INVALID, accepted because of be_liberal */
+#define CT_F_RANDOM_FULLY 0x10 /* NAT range had NF_NAT_RANGE_PROTO_RANDOM_FULLY */
+#define CT_F_WINDOW 0x20       /* td_* window bounds are set */
+#define CT_F_SNAT 0x40
+#define CT_F_DNAT 0x80
+
+/* where the event was produced (which hook flavour) */
+enum ct_source {
+	CT_SRC_NETFILTER = 1,
+	CT_SRC_KPROBE = 2,
+	CT_SRC_FENTRY = 3,
+	CT_SRC_TRACEPOINT = 4,
+};
+
+struct ct_tuple {
+	__u8 src[16]; /* IPv4 in the first 4 bytes */
+	__u8 dst[16];
+	__u16 sport;  /* host byte order */
+	__u16 dport;
+};
+
+struct ct_event {
+	__u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cgroup_id;
+	__u64 location;   /* kernel address (kfree_skb location), 0 if none */
+	__u64 ct;         /* kernel address of the nf_conn, for correlating; 0 if none */
+	__u32 kind;       /* enum ct_kind */
+	__u32 cpu;
+	__u32 netns;      /* netns inode */
+	__u32 pid;        /* tgid, valid only with CT_F_TASK */
+	__u32 reason;     /* enum ct_reason */
+	__u32 drop_reason;/* skb_drop_reason / sk_rst_reason value */
+	__u32 seq, ack;   /* TCP header of the packet */
+	__u32 td_end, td_maxend, td_maxwin, bound; /* sender's window state, kernel's bound */
+	__u32 range_flags;/* nf_nat_range2.flags where known */
+	__u16 win;        /* TCP window field */
+	__u16 port;       /* translated port (SNAT: reply dst port, DNAT: reply src port) */
+	__u8 family;      /* 4 or 6 */
+	__u8 proto;       /* IPPROTO_* */
+	__u8 flags;       /* CT_F_* */
+	__u8 tcp_flags;   /* FIN 1 SYN 2 RST 4 PSH 8 ACK 16 */
+	__u8 source;      /* enum ct_source */
+	__u8 hook;        /* netfilter hook number, 0xff if none */
+	__u8 verdict;     /* window: proposed nf_ct_tcp_action (0 ignore, 1 invalid, 2 accept) */
+	__u8 final_verdict;
+	struct ct_tuple orig;
+	struct ct_tuple reply;
+	char comm[16];
+	char reason_text[64];
+};
+
+#endif

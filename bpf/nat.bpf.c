@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Probe "nat": which translated tuple (and port) NAT gave a new connection.
+ *   fentry:  fexit/nf_nat_setup_info          (both tuples at return)
+ *   kprobe:  kprobe + kretprobe nf_nat_setup_info (entry args kept per CPU)
+ *   stable:  netfilter hook at INT_MAX-1 in POSTROUTING and LOCAL_IN, after both
+ *            NAT manips and just before confirm: the unconfirmed ct of the skb. */
+#include "common.bpf.h"
+
+static __always_inline void nat_emit(struct nf_conn *ct, __u32 maniptype, __u32 range_flags,
+				     __u8 source)
+{
+	unsigned long status = BPF_CORE_READ(ct, status);
+	unsigned long bit = maniptype == 0 ? IPS_SRC_NAT : IPS_DST_NAT;
+	__u32 netns = ct_netns_of(ct);
+	struct ct_event *e;
+
+	/* a null binding leaves the tuple as it was: not a translation */
+	if (!(status & bit) || !ct_netns_wanted(netns))
+		return;
+	e = ct_reserve(CT_KIND_NAT_ALLOC, source);
+	if (!e)
+		return;
+	e->netns = netns;
+	e->range_flags = range_flags;
+	if (range_flags & NF_NAT_RANGE_PROTO_RANDOM_FULLY)
+		e->flags |= CT_F_RANDOM_FULLY;
+	ct_read_conn(e, ct);
+	ct_nat_port(e, status & bit);
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("fexit/nf_nat_setup_info")
+int BPF_PROG(nat_fexit, struct nf_conn *ct, const struct nf_nat_range2 *range,
+	     enum nf_nat_manip_type maniptype, unsigned int ret)
+{
+	if (ret == NF_ACCEPT)
+		nat_emit(ct, maniptype, range ? BPF_CORE_READ(range, flags) : 0, CT_SRC_FENTRY);
+	return 0;
+}
+
+struct nat_entry {
+	__u64 ct;
+	__u32 maniptype;
+	__u32 range_flags;
+};
+
+/* kretprobes have no arguments: the entry's are kept per CPU (softirq context:
+ * a pid key would be wrong). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_entry);
+} nat_entries SEC(".maps");
+
+SEC("kprobe/nf_nat_setup_info")
+int BPF_KPROBE(nat_kprobe, struct nf_conn *ct, const struct nf_nat_range2 *range,
+	       enum nf_nat_manip_type maniptype)
+{
+	__u32 zero = 0;
+	struct nat_entry *s = bpf_map_lookup_elem(&nat_entries, &zero);
+
+	if (!s)
+		return 0;
+	s->ct = (__u64)ct;
+	s->maniptype = maniptype;
+	s->range_flags = range ? BPF_CORE_READ(range, flags) : 0;
+	return 0;
+}
+
+SEC("kretprobe/nf_nat_setup_info")
+int BPF_KRETPROBE(nat_kretprobe, unsigned int ret)
+{
+	__u32 zero = 0;
+	struct nat_entry *s = bpf_map_lookup_elem(&nat_entries, &zero);
+	struct nf_conn *ct;
+
+	if (!s || !s->ct)
+		return 0;
+	ct = (struct nf_conn *)s->ct;
+	s->ct = 0;
+	if (ret == NF_ACCEPT)
+		nat_emit(ct, s->maniptype, s->range_flags, CT_SRC_KPROBE);
+	return 0;
+}
+
+SEC("netfilter")
+int nat_nf(struct bpf_nf_ctx *ctx)
+{
+	struct sk_buff *skb = ctx->skb;
+	struct nf_conn *ct = ct_of_skb(skb);
+	unsigned long status;
+	struct ct_event *e;
+	__u32 netns;
+
+	if (!ct)
+		return NF_ACCEPT;
+	status = BPF_CORE_READ(ct, status);
+	if ((status & IPS_CONFIRMED) || !(status & (IPS_SRC_NAT | IPS_DST_NAT)))
+		return NF_ACCEPT;
+	netns = BPF_CORE_READ(ctx, state, net, ns.inum);
+	if (!ct_netns_wanted(netns))
+		return NF_ACCEPT;
+	e = ct_reserve(CT_KIND_NAT_ALLOC, CT_SRC_NETFILTER);
+	if (!e)
+		return NF_ACCEPT;
+	e->netns = netns;
+	e->hook = BPF_CORE_READ(ctx, state, hook);
+	ct_read_conn(e, ct);
+	ct_nat_port(e, status);
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+	return NF_ACCEPT;
+}

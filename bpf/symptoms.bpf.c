@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Probe "symptoms": what the failures cost, in every mode.
+ *   nf_drop:     tp_btf/kfree_skb with reason NETFILTER_DROP (5.17+)
+ *   host_rst:    tp_btf/tcp_send_reset with no socket (6.10+); before that
+ *                kprobe/fentry tcp_v4_send_reset / tcp_v6_send_reset
+ *   syn_retrans: tp_btf/tcp_retransmit_skb on a socket in SYN_SENT
+ * These see every netns; filter_netns (rodata) narrows them. */
+#include "common.bpf.h"
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	struct ct_event *e;
+	__u32 netns;
+
+	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
+		return 0;
+	netns = ct_netns_of_skb(skb);
+	if (!ct_netns_wanted(netns))
+		return 0;
+	e = ct_reserve(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT);
+	if (!e)
+		return 0;
+	e->netns = netns;
+	e->location = (__u64)location;
+	e->reason = CT_R_DROP_REASON;
+	e->drop_reason = reason;
+	ct_read_packet(e, skb);
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline void sym_reset(const struct sock *sk, struct sk_buff *skb, int has_reason,
+				      __u32 reason, __u8 source)
+{
+	struct ct_event *e;
+	__u32 netns;
+
+	if (sk || !skb)
+		return; /* only the RST for a segment that no socket wanted */
+	netns = ct_netns_of_skb(skb);
+	if (!ct_netns_wanted(netns))
+		return;
+	e = ct_reserve(CT_KIND_HOST_RST, source);
+	if (!e)
+		return;
+	e->netns = netns;
+	if (has_reason) {
+		e->reason = CT_R_RST_REASON;
+		e->drop_reason = reason;
+	}
+	ct_read_packet(e, skb);
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(sym_send_reset, const struct sock *sk, struct sk_buff *skb, int reason)
+{
+	sym_reset(sk, skb, 1, reason, CT_SRC_TRACEPOINT);
+	return 0;
+}
+
+SEC("kprobe/tcp_v4_send_reset")
+int BPF_KPROBE(sym_v4_reset_kprobe, const struct sock *sk, struct sk_buff *skb)
+{
+	sym_reset(sk, skb, 0, 0, CT_SRC_KPROBE);
+	return 0;
+}
+
+SEC("kprobe/tcp_v6_send_reset")
+int BPF_KPROBE(sym_v6_reset_kprobe, const struct sock *sk, struct sk_buff *skb)
+{
+	sym_reset(sk, skb, 0, 0, CT_SRC_KPROBE);
+	return 0;
+}
+
+SEC("fentry/tcp_v4_send_reset")
+int BPF_PROG(sym_v4_reset_fentry, const struct sock *sk, struct sk_buff *skb)
+{
+	sym_reset(sk, skb, 0, 0, CT_SRC_FENTRY);
+	return 0;
+}
+
+SEC("fentry/tcp_v6_send_reset")
+int BPF_PROG(sym_v6_reset_fentry, const struct sock *sk, struct sk_buff *skb)
+{
+	sym_reset(sk, skb, 0, 0, CT_SRC_FENTRY);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct ct_event *e;
+	__u16 family;
+	__u32 netns;
+
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_SYN_SENT)
+		return 0;
+	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (!ct_netns_wanted(netns))
+		return 0;
+	e = ct_reserve(CT_KIND_SYN_RETRANS, CT_SRC_TRACEPOINT);
+	if (!e)
+		return 0;
+	e->netns = netns;
+	e->proto = IPPROTO_TCP;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET6) {
+		e->family = 6;
+		BPF_CORE_READ_INTO(&e->orig.src, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&e->orig.dst, sk, __sk_common.skc_v6_daddr);
+	} else {
+		e->family = 4;
+		BPF_CORE_READ_INTO((__u32 *)e->orig.src, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)e->orig.dst, sk, __sk_common.skc_daddr);
+	}
+	e->orig.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->orig.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->tcp_flags = 0x02;
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Probe "window": TCP segments that conntrack classifies INVALID (they escape
+ * de-NAT) or IGNOREs, with the kernel's reason and the window bounds.
+ *   fentry:  fentry/fexit nf_conntrack_tcp_packet + fexit nf_tcp_log_invalid
+ *   kprobe:  kprobe/kretprobe nf_conntrack_tcp_packet + nf_tcp_log_invalid
+ *            (+ kprobe nf_ct_l4proto_log_invalid for the other INVALID reasons)
+ *   stable:  netfilter hook at priority -199 (conntrack is -200) in PREROUTING and
+ *            LOCAL_OUT: a TCP packet left without a ct is INVALID. */
+#include "common.bpf.h"
+
+struct win_state {
+	__u64 ct;
+	__u64 skb;
+	struct ct_event ev; /* packet fields and reason collected on the way */
+	__u8 active;
+	__u8 logged;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct win_state);
+} win_states SEC(".maps");
+
+static __always_inline struct win_state *win_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&win_states, &zero);
+}
+
+static __always_inline void win_enter(struct nf_conn *ct, struct sk_buff *skb, unsigned int dataoff)
+{
+	struct win_state *s = win_get();
+	unsigned char *data;
+	struct tcphdr th;
+
+	if (!s)
+		return;
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	s->ct = (__u64)ct;
+	s->skb = (__u64)skb;
+	s->active = 1;
+	s->logged = 0;
+	data = BPF_CORE_READ(skb, data);
+	if (!bpf_probe_read_kernel(&th, sizeof(th), data + dataoff)) {
+		s->ev.seq = bpf_ntohl(th.seq);
+		s->ev.ack = bpf_ntohl(th.ack_seq);
+		s->ev.win = bpf_ntohs(th.window);
+		s->ev.tcp_flags = ((__u8 *)&th)[13];
+	}
+}
+
+static __always_inline void win_log(const struct ip_ct_tcp_state *sender, int proposed,
+				    const char *fmt, __u32 bound)
+{
+	struct win_state *s = win_get();
+
+	if (!s || !s->active)
+		return;
+	s->logged = 1;
+	s->ev.verdict = proposed;
+	s->ev.final_verdict = proposed;
+	s->ev.bound = bound;
+	s->ev.reason = CT_R_WIN_TEXT;
+	if (sender) {
+		s->ev.td_end = BPF_CORE_READ(sender, td_end);
+		s->ev.td_maxend = BPF_CORE_READ(sender, td_maxend);
+		s->ev.td_maxwin = BPF_CORE_READ(sender, td_maxwin);
+		s->ev.flags |= CT_F_WINDOW;
+	}
+	bpf_probe_read_kernel_str(s->ev.reason_text, sizeof(s->ev.reason_text), fmt);
+}
+
+static __always_inline void win_log_final(int final)
+{
+	struct win_state *s = win_get();
+
+	if (s && s->active && s->logged)
+		s->ev.final_verdict = final;
+}
+
+/* Another INVALID reason (not a window verdict): keep the first text seen. */
+static __always_inline void win_log_text(const char *fmt, const char *arg)
+{
+	struct win_state *s = win_get();
+	char pct[3] = {};
+
+	if (!s || !s->active || s->logged)
+		return;
+	bpf_probe_read_kernel(pct, 2, fmt);
+	if (pct[0] == '%' && pct[1] == 's')
+		fmt = arg;
+	s->logged = 1;
+	s->ev.verdict = 1;
+	s->ev.final_verdict = 1;
+	s->ev.reason = CT_R_WIN_TEXT;
+	bpf_probe_read_kernel_str(s->ev.reason_text, sizeof(s->ev.reason_text), fmt);
+}
+
+static __always_inline void win_exit(int ret, __u8 source)
+{
+	struct win_state *s = win_get();
+	struct nf_conn *ct;
+	struct ct_event *e;
+	__u32 kind, netns;
+
+	if (!s || !s->active)
+		return;
+	s->active = 0;
+	ct = (struct nf_conn *)s->ct;
+	if (ret == -NF_REPEAT)
+		return; /* the kernel retries with a fresh entry; not counted invalid */
+	if (ret <= 0)
+		kind = CT_KIND_TCP_INVALID;
+	else if (s->logged && s->ev.final_verdict == 0)
+		kind = CT_KIND_TCP_IGNORED;
+	else if (s->logged && s->ev.verdict == 1 && s->ev.final_verdict == 2)
+		kind = CT_KIND_TCP_INVALID; /* masked by be_liberal */
+	else
+		return;
+	netns = ct_netns_of(ct);
+	if (!ct_netns_wanted(netns))
+		return;
+	e = ct_reserve(kind, source);
+	if (!e)
+		return;
+	ct_read_conn(e, ct);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->netns = netns;
+	e->seq = s->ev.seq;
+	e->ack = s->ev.ack;
+	e->win = s->ev.win;
+	e->tcp_flags = s->ev.tcp_flags;
+	e->verdict = s->ev.verdict;
+	e->final_verdict = s->ev.final_verdict;
+	e->bound = s->ev.bound;
+	e->td_end = s->ev.td_end;
+	e->td_maxend = s->ev.td_maxend;
+	e->td_maxwin = s->ev.td_maxwin;
+	e->flags |= s->ev.flags & CT_F_WINDOW;
+	if (ret > 0 && kind == CT_KIND_TCP_INVALID)
+		e->flags |= CT_F_MASKED;
+	if (s->logged) {
+		e->reason = CT_R_WIN_TEXT;
+		__builtin_memcpy(e->reason_text, s->ev.reason_text, sizeof(e->reason_text));
+	} else {
+		e->reason = CT_R_WIN_UNLOGGED;
+	}
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* --- fentry flavour --- */
+SEC("fentry/nf_conntrack_tcp_packet")
+int BPF_PROG(win_fentry, struct nf_conn *ct, struct sk_buff *skb, unsigned int dataoff)
+{
+	win_enter(ct, skb, dataoff);
+	return 0;
+}
+
+SEC("fexit/nf_conntrack_tcp_packet")
+int BPF_PROG(win_fexit, struct nf_conn *ct, struct sk_buff *skb, unsigned int dataoff,
+	     enum ip_conntrack_info ctinfo, const struct nf_hook_state *state, int ret)
+{
+	win_exit(ret, CT_SRC_FENTRY);
+	return 0;
+}
+
+/* Refused at load where the kernel's nf_tcp_log_invalid is variadic (6.1). */
+SEC("fexit/nf_tcp_log_invalid")
+int BPF_PROG(win_log_fexit, const struct sk_buff *skb, const struct nf_conn *ct,
+	     const struct nf_hook_state *state, const struct ip_ct_tcp_state *sender,
+	     enum nf_ct_tcp_action ret, const char *fmt, enum nf_ct_tcp_action final)
+{
+	win_log(sender, ret, fmt, 0);
+	win_log_final(final);
+	return 0;
+}
+
+/* --- kprobe flavour --- */
+SEC("kprobe/nf_conntrack_tcp_packet")
+int BPF_KPROBE(win_kprobe, struct nf_conn *ct, struct sk_buff *skb, unsigned int dataoff)
+{
+	win_enter(ct, skb, dataoff);
+	return 0;
+}
+
+SEC("kretprobe/nf_conntrack_tcp_packet")
+int BPF_KRETPROBE(win_kretprobe, int ret)
+{
+	win_exit(ret, CT_SRC_KPROBE);
+	return 0;
+}
+
+SEC("kprobe/nf_tcp_log_invalid")
+int BPF_KPROBE(win_log_kprobe, const struct sk_buff *skb, const struct nf_conn *ct,
+	       const struct nf_hook_state *state, const struct ip_ct_tcp_state *sender,
+	       int ret, const char *fmt)
+{
+	__u32 bound = 0;
+
+#if defined(__TARGET_ARCH_x86)
+	/* the 7th argument (the bound in the reason format) is on the stack */
+	bpf_probe_read_kernel(&bound, sizeof(bound), (void *)(PT_REGS_SP(ctx) + 8));
+#elif defined(__TARGET_ARCH_arm64)
+	bound = (__u32)ctx->regs[6];
+#endif
+	win_log(sender, ret, fmt, bound);
+	return 0;
+}
+
+SEC("kretprobe/nf_tcp_log_invalid")
+int BPF_KRETPROBE(win_log_kretprobe, int final)
+{
+	win_log_final(final);
+	return 0;
+}
+
+/* 5.14+: nf_ct_l4proto_log_invalid(skb, ct, state, fmt, ...) */
+SEC("kprobe/nf_ct_l4proto_log_invalid")
+int BPF_KPROBE(win_l4_kprobe, const struct sk_buff *skb, const struct nf_conn *ct,
+	       const struct nf_hook_state *state, const char *fmt, const char *arg)
+{
+	win_log_text(fmt, arg);
+	return 0;
+}
+
+/* --- stable flavour --- */
+SEC("netfilter")
+int win_nf(struct bpf_nf_ctx *ctx)
+{
+	struct sk_buff *skb = ctx->skb;
+	struct ct_event *e;
+	__u32 netns;
+
+	if (BPF_CORE_READ(skb, _nfct) != 0)
+		return NF_ACCEPT;
+	netns = BPF_CORE_READ(ctx, state, net, ns.inum);
+	if (!ct_netns_wanted(netns))
+		return NF_ACCEPT;
+	e = ct_reserve(CT_KIND_TCP_INVALID, CT_SRC_NETFILTER);
+	if (!e)
+		return NF_ACCEPT;
+	if (ct_read_packet(e, skb) != IPPROTO_TCP) {
+		bpf_ringbuf_discard(e, 0);
+		return NF_ACCEPT;
+	}
+	e->netns = netns;
+	e->hook = BPF_CORE_READ(ctx, state, hook);
+	e->reason = CT_R_WIN_NO_CT;
+	ct_task(e);
+	bpf_ringbuf_submit(e, 0);
+	return NF_ACCEPT;
+}

@@ -1,0 +1,215 @@
+//! Command-line definitions (clap). No logic here: see lib.rs for dispatch.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ctrace",
+    version,
+    about = "Trace conntrack NAT insert failures and INVALID TCP segments, one event at a time",
+    long_about = "ctrace attaches eBPF programs to the kernel's conntrack and NAT code and shows, \
+one event at a time, the NAT port-allocation race that ends in a conntrack insert failure \
+(dropped SYNs, 1 s / 3 s connects, DNS timeouts) and TCP segments that conntrack classifies \
+INVALID, which escape de-NAT and provoke a host RST.\n\nExit codes: 0 ok (check: nothing found), \
+1 check found something, 2 could not run (the message says why)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show which kernel hook each probe uses on this kernel, and why.
+    Probes(ProbesArgs),
+    /// Record events to a JSON Lines file (or stdout) until the duration ends or Ctrl-C.
+    Record(RecordArgs),
+    /// Live, top-style view of the events.
+    Top(TopArgs),
+    /// Aggregate a recording offline: counts, top flows, findings.
+    Report(ReportArgs),
+    /// Trace for a while and print findings with evidence and mitigations (for runbooks).
+    Check(CheckArgs),
+    /// Check the node's configuration only (no tracing).
+    Doctor(DoctorArgs),
+    /// Reproduce the failures in throwaway network namespaces.
+    Lab(LabArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    /// The best hook that works, chosen per probe.
+    Auto,
+    Fentry,
+    Kprobe,
+    /// Tracepoints and netfilter BPF hooks only (no kprobes, no fentry).
+    Stable,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// How to attach: auto chooses per probe, best first.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+    /// Network namespace whose conntrack to trace: a name under /run/netns, a path,
+    /// or pid:N. Default: ctrace's own (the host's).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// kprobe/fentry modes: report conntrack events of every netns, not just --netns.
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Size of each ring buffer in MiB (power of two).
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
+    pub ringbuf_mb: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct ProbesArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the detected kernel feature set (the resolver's input) as JSON.
+    #[arg(long)]
+    pub features: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabKind {
+    /// SNAT port-allocation race ending in conntrack insert failures.
+    SnatRace,
+    /// Out-of-window segments, INVALID verdicts and the node's RST.
+    InvalidRst,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Output file (JSON Lines). Default: standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 5m). Default: until Ctrl-C.
+    #[arg(short, long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Run a lab in the background and trace its node (the built-in demo).
+    #[arg(long, value_enum, value_name = "LAB")]
+    pub lab: Option<LabKind>,
+    /// No progress line on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Screen refresh interval.
+    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    pub interval: Duration,
+    /// Browse a recording instead of tracing (no root needed).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// Replay speed factor (1 = recorded speed).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Run a lab in the background and trace it (the built-in demo).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "snat-race")]
+    pub lab: Option<LabKind>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A recording made by `ctrace record`.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// How long to trace.
+    #[arg(short, long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    #[arg(long)]
+    pub json: bool,
+    /// Only these finding kinds count for the exit code (comma separated).
+    #[arg(long, value_delimiter = ',', value_name = "KIND[,KIND]")]
+    pub fail_on: Vec<String>,
+    /// Run a lab in the background while checking.
+    #[arg(long, value_enum)]
+    pub lab: Option<LabKind>,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    #[arg(value_enum)]
+    pub kind: LabKind,
+    #[arg(long)]
+    pub json: bool,
+    /// Prefix for the namespaces the lab creates (must not exist yet).
+    #[arg(long, default_value = "ctlab")]
+    pub prefix: String,
+    /// Rounds of traffic (snat-race).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Keep running the traffic in a loop until Ctrl-C (used by --lab demos).
+    #[arg(long)]
+    pub repeat: bool,
+}
+
+/// "10s", "250ms", "2m", "1h", or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration: use e.g. 10s, 250ms, 5m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" | "" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("'{s}': a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,139 @@
+//! `ctrace record`: a one-shot recording, valid even when interrupted.
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cli::RecordArgs;
+use crate::record::{Line, Trailer, Writer};
+use crate::session::{Session, SessionConfig};
+use crate::symbolize::KernelSymbols;
+
+/// SIGINT and SIGTERM set the returned flag instead of killing the process, so
+/// every exit path writes a trailer and detaches the probes.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing a signal handler")?;
+    }
+    Ok(stop)
+}
+
+pub fn run(a: &RecordArgs) -> Result<i32> {
+    // Fail on an unwritable output before touching the kernel.
+    let mut w = match &a.output {
+        Some(p) => Writer::create(p)?,
+        None => Writer::stdout(),
+    };
+    let stop = stop_on_signals()?;
+    let lab = match a.lab {
+        Some(kind) => Some(crate::lab::Background::start(kind)?),
+        None => None,
+    };
+    let mut cfg = SessionConfig::from(&a.trace);
+    if let Some(l) = &lab {
+        cfg.netns = Some(l.node_netns().to_string());
+    }
+    let session = Session::start(&cfg)?;
+    let progress = !a.quiet && std::io::stderr().is_terminal();
+    for n in &session.notes {
+        eprintln!("ctrace: note: {n}");
+    }
+    w.write(&Line::Header(session.header()))?;
+    w.flush()?;
+
+    let mut syms = KernelSymbols::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = 0u64;
+    let t0 = Instant::now();
+    let deadline = a.duration.map(|d| t0 + d);
+    let mut last_progress = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut ended_by = "signal".to_string();
+    let mut write_err = None;
+
+    let mut handle = |e: &mut crate::event::Event,
+                      w: &mut Writer,
+                      counts: &mut BTreeMap<String, u64>,
+                      total: &mut u64|
+     -> Result<()> {
+        syms.fill(e);
+        *counts.entry(e.kind.name().to_string()).or_default() += 1;
+        *total += 1;
+        w.event(e)
+    };
+
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(d) = deadline {
+            if Instant::now() >= d {
+                ended_by = "duration".into();
+                break;
+            }
+        }
+        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
+            for mut e in batch {
+                if let Err(err) = handle(&mut e, &mut w, &mut counts, &mut total) {
+                    write_err = Some(err);
+                    break;
+                }
+            }
+        }
+        if write_err.is_some() {
+            break;
+        }
+        if last_flush.elapsed() >= Duration::from_millis(500) {
+            w.flush()?;
+            last_flush = Instant::now();
+        }
+        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let kinds: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            eprint!(
+                "\rctrace: {:>5.0}s  {total} events ({})  lost {}   ",
+                t0.elapsed().as_secs_f64(),
+                kinds.join(", "),
+                session.lost()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let fin = session.finish()?;
+    if let Some(err) = write_err {
+        return Err(err);
+    }
+    for mut e in fin.remaining {
+        handle(&mut e, &mut w, &mut counts, &mut total)?;
+    }
+    drop(lab);
+    let trailer = Trailer {
+        end_wall: crate::record::now_rfc3339(),
+        end_mono_ns: crate::sys::monotonic_ns(),
+        events: counts,
+        lost: fin.lost,
+        kernel_counters: fin.counters.map(|c| c.to_counters()),
+        ended_by,
+    };
+    if progress {
+        eprintln!();
+    }
+    if !a.quiet {
+        let kc = trailer.kernel_counters.as_ref();
+        eprintln!(
+            "ctrace: {total} events, {} lost; kernel: insert_failed {} drop {} invalid {} clash_resolve {}",
+            trailer.lost,
+            kc.map_or(0, |k| k.insert_failed),
+            kc.map_or(0, |k| k.drop),
+            kc.map_or(0, |k| k.invalid),
+            kc.map_or(0, |k| k.clash_resolve),
+        );
+    }
+    w.write(&Line::Trailer(trailer))?;
+    w.flush()?;
+    Ok(crate::exit::OK)
+}

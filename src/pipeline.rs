@@ -1,0 +1,158 @@
+//! Ring buffers -> decoded events -> a bounded channel, on one thin thread.
+//! Decoding happens here (it is cheap and checks the record's size); anything
+//! heavier (symbolizing, aggregation, output) happens on the consumer's side.
+//! When the consumer falls behind, the channel fills, the ring buffers fill and
+//! the kernel counts what it could not write: lost events are never silent.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use libbpf_rs::{MapHandle, RingBufferBuilder};
+
+use crate::event::{self, EnumNames, Event};
+
+pub type Batch = Vec<Event>;
+
+/// Kernel enum names from the running kernel's BTF.
+#[derive(Default)]
+pub struct BtfNames {
+    drop: HashMap<u32, String>,
+    rst: HashMap<u32, String>,
+}
+
+impl BtfNames {
+    pub fn load() -> BtfNames {
+        use libbpf_rs::btf::types::Enum;
+        use libbpf_rs::btf::Btf;
+        let mut n = BtfNames::default();
+        let Ok(btf) = Btf::from_vmlinux() else {
+            return n;
+        };
+        for (ty, prefix, map) in [
+            ("skb_drop_reason", "SKB_DROP_REASON_", &mut n.drop),
+            ("sk_rst_reason", "SK_RST_REASON_", &mut n.rst),
+        ] {
+            if let Some(e) = btf.type_by_name::<Enum>(ty) {
+                for m in e.iter() {
+                    if let Some(name) = m.name {
+                        let name = name.to_string_lossy();
+                        map.insert(
+                            m.value as u32,
+                            name.strip_prefix(prefix).unwrap_or(&name).to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        n
+    }
+}
+
+impl EnumNames for BtfNames {
+    fn drop_reason(&self, v: u32) -> Option<String> {
+        self.drop.get(&v).cloned()
+    }
+    fn rst_reason(&self, v: u32) -> Option<String> {
+        self.rst.get(&v).cloned()
+    }
+}
+
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+    rx: Receiver<Batch>,
+    /// Records that did not decode (wrong size, unknown kind): counted as lost.
+    pub bad_records: Arc<AtomicU64>,
+    pub decoded: Arc<AtomicU64>,
+}
+
+impl Pipeline {
+    pub fn start(maps: Vec<MapHandle>, names: BtfNames) -> Result<Pipeline> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(AtomicU64::new(0));
+        let decoded = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = sync_channel::<Batch>(4096);
+        let (stop2, bad2, dec2) = (stop.clone(), bad.clone(), decoded.clone());
+        let thread = std::thread::Builder::new()
+            .name("ctrace-ringbuf".into())
+            .spawn(move || -> Result<()> {
+                let batch: Rc<RefCell<Batch>> = Rc::new(RefCell::new(Vec::with_capacity(1024)));
+                let mut b = RingBufferBuilder::new();
+                for m in &maps {
+                    let batch = batch.clone();
+                    let bad = bad2.clone();
+                    let names = &names;
+                    b.add(m, move |data: &[u8]| {
+                        match event::decode(data, names) {
+                            Ok(e) => batch.borrow_mut().push(e),
+                            Err(_) => {
+                                bad.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        0
+                    })?;
+                }
+                let rb = b.build()?;
+                let flush = |final_: bool| -> bool {
+                    let v = std::mem::take(&mut *batch.borrow_mut());
+                    if v.is_empty() {
+                        return true;
+                    }
+                    dec2.fetch_add(v.len() as u64, Ordering::Relaxed);
+                    let _ = final_;
+                    tx.send(v).is_ok()
+                };
+                while !stop2.load(Ordering::Relaxed) {
+                    rb.poll(Duration::from_millis(50))?;
+                    if !flush(false) {
+                        return Ok(()); // consumer gone
+                    }
+                }
+                rb.consume()?;
+                flush(true);
+                Ok(())
+            })?;
+        Ok(Pipeline {
+            stop,
+            thread: Some(thread),
+            rx,
+            bad_records: bad,
+            decoded,
+        })
+    }
+
+    pub fn rx(&self) -> &Receiver<Batch> {
+        &self.rx
+    }
+
+    /// Stops polling after one last drain; returns what is still queued.
+    pub fn finish(&mut self) -> Result<Vec<Event>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut rest = Vec::new();
+        if let Some(t) = self.thread.take() {
+            // drain while the thread finishes, so a full channel cannot block it
+            while !t.is_finished() {
+                if let Ok(b) = self.rx.recv_timeout(Duration::from_millis(20)) {
+                    rest.extend(b);
+                }
+            }
+            t.join()
+                .map_err(|_| anyhow!("the ring buffer thread panicked"))??;
+        }
+        rest.extend(self.rx.try_iter().flatten());
+        Ok(rest)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,140 @@
+//! What the running kernel offers to ctrace: the resolver's input. Captured as
+//! JSON (`ctrace probes --features`) from real kernels under tests/fixtures/.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Flavour, Probe};
+
+/// Kernel functions the probes hook or that the design names as candidates.
+pub const SYMBOLS: &[&str] = &[
+    "nf_nat_l4proto_unique_tuple",
+    "get_unique_tuple",
+    "nf_nat_setup_info",
+    "__nf_conntrack_confirm",
+    "nf_ct_resolve_clash",
+    "__nf_ct_resolve_clash",
+    "tcp_in_window",
+    "nf_conntrack_tcp_packet",
+    "nf_tcp_log_invalid",
+    "nf_ct_l4proto_log_invalid",
+    "tcp_v4_send_reset",
+    "tcp_v6_send_reset",
+];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    pub kernel: String,
+    pub arch: String,
+    /// /sys/kernel/btf/vmlinux exists.
+    pub btf: bool,
+    /// The kprobe PMU exists (kprobes are built in and can be attached).
+    pub kprobe_pmu: bool,
+    /// Each of SYMBOLS: present in /proc/kallsyms?
+    pub symbols: BTreeMap<String, bool>,
+    /// kfree_skb's tracepoint carries a drop reason (5.17+).
+    pub kfree_skb_reason: bool,
+    /// tcp_send_reset fires for the no-socket RST (6.10+: it has an sk_rst_reason).
+    pub tcp_send_reset_nosk: bool,
+    /// "probe:flavour" -> "ok" or the load error. Absent: not tried.
+    #[serde(default)]
+    pub loads: BTreeMap<String, String>,
+}
+
+pub fn load_key(p: Probe, f: Flavour) -> String {
+    format!("{}:{}", p.name(), f.name())
+}
+
+impl Features {
+    pub fn has(&self, sym: &str) -> bool {
+        self.symbols.get(sym).copied().unwrap_or(false)
+    }
+
+    /// None: not tried yet. Some(Ok) loaded. Some(Err(why)).
+    pub fn load(&self, p: Probe, f: Flavour) -> Option<Result<(), String>> {
+        self.loads
+            .get(&load_key(p, f))
+            .map(|v| if v == "ok" { Ok(()) } else { Err(v.clone()) })
+    }
+}
+
+/// Everything that can be known without loading a program.
+pub fn detect_static() -> Features {
+    detect_static_at(Path::new("/"))
+}
+
+/// The same, with /proc and /sys read under `root` (tests point it at fixtures).
+pub fn detect_static_at(root: &Path) -> Features {
+    let kallsyms = std::fs::read_to_string(root.join("proc/kallsyms")).unwrap_or_default();
+    let mut symbols: BTreeMap<String, bool> =
+        SYMBOLS.iter().map(|s| (s.to_string(), false)).collect();
+    for line in kallsyms.lines() {
+        // "ffffffff81f8ec20 T __nf_conntrack_confirm\t[nf_conntrack]"
+        let mut it = line.split_whitespace();
+        let (_, _, name) = (it.next(), it.next(), it.next());
+        if let Some(name) = name {
+            if let Some(v) = symbols.get_mut(name) {
+                *v = true;
+            }
+        }
+    }
+    let btf_path = root.join("sys/kernel/btf/vmlinux");
+    let (kfree_skb_reason, tcp_send_reset_nosk) = btf_facts(&btf_path);
+    Features {
+        kernel: crate::sys::kernel_release(),
+        arch: std::env::consts::ARCH.to_string(),
+        btf: btf_path.exists(),
+        kprobe_pmu: root
+            .join("sys/bus/event_source/devices/kprobe/type")
+            .exists(),
+        symbols,
+        kfree_skb_reason,
+        tcp_send_reset_nosk,
+        loads: BTreeMap::new(),
+    }
+}
+
+/// Reads two facts from the kernel's BTF: does kfree_skb's tracepoint have a
+/// reason (3+ arguments), and does `enum sk_rst_reason` exist (6.10+, where
+/// tcp_send_reset also fires for the RST sent without a socket).
+fn btf_facts(path: &Path) -> (bool, bool) {
+    use libbpf_rs::btf::types::{Enum, FuncProto, Typedef};
+    use libbpf_rs::btf::{Btf, BtfKind};
+    let Ok(btf) = Btf::from_path(path) else {
+        return (false, false);
+    };
+    let reason = btf
+        .type_by_name::<Typedef>("btf_trace_kfree_skb")
+        .and_then(|t| t.next_type())
+        .map(|t| t.skip_mods_and_typedefs())
+        .and_then(|t| {
+            // typedef -> pointer -> func_proto
+            if t.kind() == BtfKind::Ptr {
+                t.next_type()
+            } else {
+                Some(t)
+            }
+        })
+        .and_then(|t| FuncProto::try_from(t).ok())
+        .map(|p| p.len() >= 4) // (void *ctx, skb, location, reason, ...)
+        .unwrap_or(false);
+    let rst = btf.type_by_name::<Enum>("sk_rst_reason").is_some();
+    (reason, rst)
+}
+
+/// Static facts plus a load attempt of every probe in every flavour: the full
+/// feature set, as captured in the fixtures.
+pub fn detect_all() -> Features {
+    let mut f = detect_static();
+    let cfg = super::load::Config::default();
+    for p in Probe::ALL {
+        for fl in [Flavour::Fentry, Flavour::Kprobe, Flavour::Stable] {
+            let r = super::load::try_load(p, fl, &f, &cfg);
+            f.loads
+                .insert(load_key(p, fl), r.err().unwrap_or_else(|| "ok".into()));
+        }
+    }
+    f
+}

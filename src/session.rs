@@ -1,0 +1,212 @@
+//! A tracing session: the engine that every interface (record, top, check)
+//! drives. It enters the requested netns, resolves and attaches the probes,
+//! streams decoded events, and reads the kernel's own counters for comparison.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::TraceArgs;
+use crate::ctstat::{CtNetlink, Snapshot};
+use crate::event::Event;
+use crate::pipeline::{Batch, BtfNames, Pipeline};
+use crate::probe::load::{self, Config, Loaded};
+use crate::probe::plan::Plan;
+use crate::probe::{features::Features, Mode, Probe};
+use crate::record::Header;
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub mode: Mode,
+    pub netns: Option<String>,
+    pub all_netns: bool,
+    pub ringbuf_mb: u32,
+}
+
+impl From<&TraceArgs> for SessionConfig {
+    fn from(a: &TraceArgs) -> Self {
+        SessionConfig {
+            mode: a.mode.into(),
+            netns: a.netns.clone(),
+            all_netns: a.all_netns,
+            ringbuf_mb: a.ringbuf_mb,
+        }
+    }
+}
+
+/// What is left when a session ends.
+pub struct Finish {
+    /// Events still queued when tracing stopped.
+    pub remaining: Vec<Event>,
+    /// Kernel counters over the session (per CPU).
+    pub counters: Option<Snapshot>,
+    pub lost: u64,
+}
+
+pub struct Session {
+    pub plan: Plan,
+    pub features: Features,
+    pub netns: u32,
+    pub kernel: String,
+    pub hostname: String,
+    pub start_mono_ns: u64,
+    pub start_wall: String,
+    /// From the start of `start` to every probe attached.
+    pub attach_time: Duration,
+    /// Notes from attaching: degradations the user should know about.
+    pub notes: Vec<String>,
+    probes: Vec<Loaded>,
+    pipeline: Pipeline,
+    ct: Option<CtNetlink>,
+    baseline: Option<Snapshot>,
+}
+
+impl Session {
+    pub fn start(cfg: &SessionConfig) -> Result<Session> {
+        let t0 = Instant::now();
+        crate::sys::require_tracing_privileges()?;
+        crate::sys::require_btf()?;
+        if cfg.ringbuf_mb == 0 || !cfg.ringbuf_mb.is_power_of_two() || cfg.ringbuf_mb > 1024 {
+            bail!(
+                "--ringbuf-mb {} must be a power of two between 1 and 1024",
+                cfg.ringbuf_mb
+            );
+        }
+        let netns = match &cfg.netns {
+            Some(spec) => crate::netns::enter(spec)?,
+            None => crate::netns::current_inode()?,
+        };
+        // probes on module functions need the modules
+        crate::sys::modprobe("nf_conntrack");
+        crate::sys::modprobe("nf_nat");
+        let mut ct = CtNetlink::open()?;
+        let baseline = ct.per_cpu().with_context(|| {
+            "conntrack is not active in this network namespace: nothing to trace (load nf_conntrack, or pick the netns that does NAT with --netns)"
+        })?;
+        let lcfg = Config {
+            filter_netns: if cfg.all_netns { 0 } else { netns },
+            symptoms_netns: 0,
+            ringbuf_bytes: cfg.ringbuf_mb << 20,
+        };
+        let (plan, features) = load::resolve_by_trying(cfg.mode, &lcfg);
+        let conntrack_probes = [Probe::Nat, Probe::Confirm, Probe::Window];
+        if conntrack_probes
+            .iter()
+            .all(|p| plan.get(*p).and_then(|x| x.chosen).is_none())
+        {
+            bail!(
+                "no conntrack probe can attach on this kernel in --mode {}:\n{}",
+                cfg.mode.name(),
+                plan.render()
+            );
+        }
+        let probes = load::attach_plan(&plan, &lcfg)?;
+        let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
+        for pp in &plan.probes {
+            if pp.chosen.is_none() {
+                notes.push(format!(
+                    "probe {} is not available: {}",
+                    pp.probe.name(),
+                    pp.rejected
+                        .last()
+                        .map(|r| r.why.as_str())
+                        .unwrap_or("no candidate")
+                ));
+            }
+        }
+        let maps = probes
+            .iter()
+            .map(|p| libbpf_rs::MapHandle::try_from(&p.events))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .context("duplicating ring buffer handles")?;
+        let pipeline = Pipeline::start(maps, BtfNames::load())?;
+        Ok(Session {
+            plan,
+            features,
+            netns,
+            kernel: crate::sys::kernel_release(),
+            hostname: crate::sys::hostname(),
+            start_mono_ns: crate::sys::monotonic_ns(),
+            start_wall: crate::record::now_rfc3339(),
+            attach_time: t0.elapsed(),
+            notes,
+            probes,
+            pipeline,
+            ct: Some(ct),
+            baseline: Some(baseline),
+        })
+    }
+
+    /// Batches of decoded events, in arrival order per ring buffer.
+    pub fn recv_timeout(&self, d: Duration) -> Option<Batch> {
+        self.pipeline.rx().recv_timeout(d).ok()
+    }
+
+    /// Records the kernel could not write (ring buffer full) plus records that
+    /// did not decode.
+    pub fn lost(&self) -> u64 {
+        self.probes.iter().map(|p| p.lost()).sum::<u64>()
+            + self
+                .pipeline
+                .bad_records
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The kernel's conntrack counters since the session started, per CPU.
+    pub fn counters(&mut self) -> Result<Snapshot> {
+        let (Some(ct), Some(base)) = (self.ct.as_mut(), self.baseline.as_ref()) else {
+            bail!("no ctnetlink socket");
+        };
+        Ok(ct.per_cpu()?.delta(base))
+    }
+
+    /// Entries and maximum of the conntrack table.
+    pub fn table_fill(&mut self) -> Result<(u64, u64)> {
+        match self.ct.as_mut() {
+            Some(ct) => ct.table_fill(),
+            None => bail!("no ctnetlink socket"),
+        }
+    }
+
+    pub fn header(&self) -> Header {
+        let probes = self
+            .plan
+            .probes
+            .iter()
+            .map(|p| {
+                let v = serde_json::json!({
+                    "mode": p.chosen.map(|f| f.name()),
+                    "hooks": p.hooks,
+                    "notes": p.notes,
+                });
+                (p.probe.name().to_string(), v)
+            })
+            .collect();
+        Header {
+            format: crate::record::FORMAT,
+            ctrace: env!("CARGO_PKG_VERSION").into(),
+            kernel: self.kernel.clone(),
+            hostname: self.hostname.clone(),
+            start_wall: self.start_wall.clone(),
+            start_mono_ns: self.start_mono_ns,
+            netns: self.netns,
+            probes,
+            mode: Some(self.plan.mode.name().into()),
+        }
+    }
+
+    /// Detaches every probe, drains what is queued and reads the counters.
+    pub fn finish(mut self) -> Result<Finish> {
+        for p in &mut self.probes {
+            p.links.clear();
+        }
+        let remaining = self.pipeline.finish()?;
+        let counters = self.counters().ok();
+        let lost = self.lost();
+        Ok(Finish {
+            remaining,
+            counters,
+            lost,
+        })
+    }
+}
