@@ -2,7 +2,7 @@
 /* Probe "nat": which translated tuple (and port) NAT gave a new connection.
  *   fentry:  fexit/nf_nat_setup_info          (both tuples at return)
  *   kprobe:  kprobe + kretprobe nf_nat_setup_info (entry args kept per CPU)
- *   stable:  netfilter hook at INT_MAX-1 in POSTROUTING and LOCAL_IN, after both
+ *   stable:  netfilter hook at INT_MAX-2 in POSTROUTING and LOCAL_IN, after both
  *            NAT manips and just before confirm: the unconfirmed ct of the skb. */
 #include "common.bpf.h"
 

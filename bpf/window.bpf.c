@@ -228,15 +228,30 @@ int BPF_KPROBE(win_l4_kprobe, const struct sk_buff *skb, const struct nf_conn *c
 }
 
 /* --- stable flavour --- */
+
+/* Per family (0: IPv4, 1: IPv6): has conntrack given any packet an entry since
+ * ctrace attached? Where conntrack does not run (no NAT or conntrack rule in the
+ * netns), every packet is without a ct, and none of them is INVALID. */
+__u8 ct_seen[2] = {};
+/* Packets without a ct seen before conntrack was: not reported, counted. */
+__u64 untracked_before_ct = 0;
+
 SEC("netfilter")
 int win_nf(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
+	int fam = BPF_CORE_READ(ctx, state, pf) == 10 ? 1 : 0;
 	struct ct_event *e;
 	__u32 netns;
 
-	if (BPF_CORE_READ(skb, _nfct) != 0)
+	if (BPF_CORE_READ(skb, _nfct) != 0) {
+		ct_seen[fam & 1] = 1;
 		return NF_ACCEPT;
+	}
+	if (!ct_seen[fam & 1]) {
+		__sync_fetch_and_add(&untracked_before_ct, 1);
+		return NF_ACCEPT;
+	}
 	netns = BPF_CORE_READ(ctx, state, net, ns.inum);
 	if (!ct_netns_wanted(netns))
 		return NF_ACCEPT;

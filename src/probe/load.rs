@@ -163,9 +163,16 @@ fn short_error(e: &anyhow::Error) -> String {
 
 /// Netfilter hooks a stable-mode program attaches to: (hook, priority).
 fn nf_hooks(prog: &str) -> &'static [(i32, i32)] {
+    // The kernel refuses two BPF hooks at one priority (EBUSY): nat sits just
+    // below confirm's slot; both run after NAT (100) and before confirm (INT_MAX).
     const BEFORE_CONFIRM: i32 = i32::MAX - 1;
+    const AFTER_NAT: i32 = i32::MAX - 2;
     match prog {
-        "nat_nf" | "confirm_nf" => &[
+        "nat_nf" => &[
+            (NF_INET_POST_ROUTING, AFTER_NAT),
+            (NF_INET_LOCAL_IN, AFTER_NAT),
+        ],
+        "confirm_nf" => &[
             (NF_INET_POST_ROUTING, BEFORE_CONFIRM),
             (NF_INET_LOCAL_IN, BEFORE_CONFIRM),
         ],

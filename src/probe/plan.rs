@@ -165,7 +165,7 @@ fn candidate(p: Probe, fl: Flavour, f: &Features) -> Result<(Vec<String>, Vec<St
             }
         }
         Flavour::Stable => match p {
-            Probe::Nat => vec!["netfilter POSTROUTING+INPUT at INT_MAX-1 (after NAT)".into()],
+            Probe::Nat => vec!["netfilter POSTROUTING+INPUT at INT_MAX-2 (after NAT)".into()],
             Probe::Confirm => {
                 if !f.kfree_skb_reason {
                     return Err("tp_btf/kfree_skb has no drop reason on this kernel (5.17+)".into());
