@@ -113,7 +113,7 @@ impl SourceInfo {
                 })
                 .unwrap_or_default()
         };
-        let probes = h
+        let mut probes: Vec<ProbeLine> = h
             .probes
             .iter()
             .map(|(name, v)| ProbeLine {
@@ -123,6 +123,14 @@ impl SourceInfo {
                 notes: strs(v.get("notes")),
             })
             .collect();
+        // the order `ctrace probes` uses
+        let rank = |n: &str| {
+            crate::probe::Probe::ALL
+                .iter()
+                .position(|p| p.name() == n)
+                .unwrap_or(usize::MAX)
+        };
+        probes.sort_by_key(|p| rank(&p.name));
         SourceInfo {
             origin: Origin::Replay {
                 file: file.into(),
@@ -1136,13 +1144,15 @@ mod tests {
             "format": 1, "ctrace": "0.1.0", "kernel": "6.1.0-test", "hostname": "node-a",
             "start_wall": "2026-11-23T10:20:30.250000Z", "start_mono_ns": 1000, "netns": 7,
             "probes": {"nat": {"mode": "fentry", "hooks": ["nf_nat_setup_info"], "notes": []},
-                       "window": {"mode": null, "hooks": [], "notes": ["gone"]}},
+                       "window": {"mode": null, "hooks": [], "notes": ["gone"]},
+                       "confirm": {"mode": "kprobe", "hooks": [], "notes": []}},
         }))
         .unwrap();
         let i = SourceInfo::from_header(&h, "r.jsonl", 2.0);
         assert!(i.is_replay());
-        assert_eq!(i.probes.len(), 2);
-        assert!(i.probes[1].missing());
+        let names: Vec<&str> = i.probes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["nat", "confirm", "window"]);
+        assert!(i.probes[2].missing());
         assert_eq!(i.event_time(1000 + 1_500_000_000), "10:20:31.750");
         assert_eq!(tod_from_rfc3339("bad"), None);
     }

@@ -155,15 +155,11 @@ fn header_line1(app: &App) -> Line<'static> {
 }
 
 fn header_line2(app: &App) -> Line<'static> {
-    let mut spans = vec![Span::raw(format!(
-        "kernel {}  mode {} ",
-        app.info.kernel,
-        if app.info.mode.is_empty() {
-            "?"
-        } else {
-            &app.info.mode
-        }
-    ))];
+    let mut head = format!("kernel {}", app.info.kernel);
+    if !app.info.mode.is_empty() && app.info.mode != "auto" {
+        head.push_str(&format!(" mode {}", app.info.mode));
+    }
+    let mut spans = vec![Span::raw(head)];
     for p in &app.info.probes {
         let (text, style) = match &p.flavour {
             None => (
@@ -484,7 +480,7 @@ pub fn log_line(app: &App, e: &Event) -> Line<'static> {
             format!("{} ", app.info.event_time(e.ts_ns)),
             Style::new().fg(Color::DarkGray),
         ),
-        Span::styled(format!("{:<14}", e.kind.name()), kind_style(e.kind)),
+        Span::styled(format!("{:<15}", e.kind.name()), kind_style(e.kind)),
         Span::raw(format!("c{:<3}", e.cpu)),
         Span::raw(format!("{} {}", e.proto, e.orig)),
     ];
@@ -725,7 +721,10 @@ mod tests {
             s.contains("ctrace top LIVE  lost 0  0 ev/s  0 events"),
             "{s}"
         );
-        assert!(s.contains("kernel 6.18.0-test  mode auto"));
+        assert!(
+            s.contains("kernel 6.18.0-test nat:fentry confirm:fentry"),
+            "{s}"
+        );
         assert!(s.contains("nat:fentry"));
         assert!(s.contains("window:kprobe*"), "degraded marker\n{s}");
         assert!(s.contains("symptoms:MISSING"));
