@@ -170,6 +170,7 @@ fn candidate(p: Probe, fl: Flavour, f: &Features) -> Result<(Vec<String>, Vec<St
                 if !f.kfree_skb_reason {
                     return Err("tp_btf/kfree_skb has no drop reason on this kernel (5.17+)".into());
                 }
+                notes.push("stable mode: resolved clashes (clash_resolve) are not visible, only lost inserts".into());
                 vec![
                     "netfilter POSTROUTING+INPUT at INT_MAX-1 (before confirm)".into(),
                     "tp_btf/kfree_skb reason NETFILTER_DROP".into(),
