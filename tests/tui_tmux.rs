@@ -292,3 +292,45 @@ fn live_lab_insert_failed_matches_the_kernel() {
     assert!(s.contains("ctrace exited 0"), "{s}");
     assert_eq!(t.display("#{alternate_on}"), "0");
 }
+
+#[test]
+fn a_panic_gives_the_terminal_back() {
+    let dir = tmpdir("panic");
+    let rec = dir.join("p.jsonl");
+    write_recording(
+        &rec,
+        &[testkit::event(1, Kind::InsertFailed, 1_000_000_000, 0, 80)],
+        1,
+    );
+    let script = format!(
+        "CTRACE_TEST_PANIC_AFTER_DRAW=1 {} top --replay {}; echo \"ctrace exited $?\"; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo; sleep 30",
+        sh_quote(BIN),
+        sh_quote(&rec.display().to_string())
+    );
+    let Some(t) = Tmux::start("panic", 100, 30, &script) else {
+        return;
+    };
+    let s = t.wait_for("ctrace to panic", Duration::from_secs(15), |s| {
+        s.contains("ctrace exited") && s.contains("icanon")
+    });
+    assert!(s.contains("ctrace exited 101"), "{s}");
+    // the panic message is readable on the normal screen
+    assert!(s.contains("CTRACE_TEST_PANIC_AFTER_DRAW is set"), "{s}");
+    assert_eq!(t.display("#{alternate_on}"), "0", "{s}");
+    let modes = s.lines().find(|l| l.contains("icanon")).unwrap();
+    assert!(
+        modes.split_whitespace().any(|w| w == "icanon")
+            && modes.split_whitespace().any(|w| w == "echo"),
+        "terminal left in raw mode: {modes}\n{s}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn top_without_a_terminal_says_what_to_use_instead() {
+    let out = Command::new(BIN).args(["top"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a terminal"), "{err}");
+    assert!(err.contains("ctrace record"), "{err}");
+}

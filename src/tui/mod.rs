@@ -159,6 +159,8 @@ fn start_live(
             info.hostname = session.hostname.clone();
             info.netns = session.netns;
             info.notes = session.notes.clone();
+            info.notes.sort();
+            info.notes.dedup();
             info.start_ns = session.start_mono_ns;
             info.tod_at_start_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -348,6 +350,10 @@ fn ui_loop(
                 app.update(Msg::Tick { now_ns });
                 guard.terminal.draw(|f| ui::render(app, f))?;
                 dirty = false;
+                // lets the tests check that a panic gives the terminal back
+                if std::env::var_os("CTRACE_TEST_PANIC_AFTER_DRAW").is_some() {
+                    panic!("CTRACE_TEST_PANIC_AFTER_DRAW is set");
+                }
                 next_tick += interval;
                 if next_tick < now {
                     next_tick = now + interval;
