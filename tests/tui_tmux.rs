@@ -334,3 +334,61 @@ fn top_without_a_terminal_says_what_to_use_instead() {
     assert!(err.contains("needs a terminal"), "{err}");
     assert!(err.contains("ctrace record"), "{err}");
 }
+
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name (which may hold spaces): utime is the 12th
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The whole process's CPU at 10,000 events/s in a real terminal (tmux,
+/// 120x40): a 20 s recording replayed at recorded speed, measured over 10 s
+/// once loaded. Slow, so not run by default:
+/// `cargo test --release --test tui_tmux -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn replay_at_10k_events_per_second_costs_under_5_percent_of_a_core() {
+    let dir = tmpdir("cpu");
+    let rec = dir.join("flood.jsonl");
+    let mut events = testkit::mix(200_000, 20);
+    for e in &mut events {
+        e.ts_ns += 1_000_000_000;
+    }
+    write_recording(&rec, &events, 0);
+    drop(events);
+    let pidfile = dir.join("pid");
+    let script = format!(
+        "echo $$ > {}; exec {} top --replay {}",
+        sh_quote(&pidfile.display().to_string()),
+        sh_quote(BIN),
+        sh_quote(&rec.display().to_string())
+    );
+    let Some(t) = Tmux::start("cpu", 120, 40, &script) else {
+        return;
+    };
+    t.wait_for("the replay to start", Duration::from_secs(60), |s| {
+        s.contains("events  up 00:00:0")
+    });
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (a, t0) = (cpu_ticks(&pid).unwrap(), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let (b, t1) = (cpu_ticks(&pid).unwrap(), Instant::now());
+    let s = t.capture();
+    assert!(s.contains("10000 ev/s"), "not at 10k events/s:\n{s}");
+    let share = (b - a) as f64 / hz / (t1 - t0).as_secs_f64();
+    eprintln!(
+        "ctrace top at 10,000 events/s in tmux 120x40: {:.2}% of one core",
+        share * 100.0
+    );
+    t.cmd(&["send-keys", "-t", "t", "q"]);
+    assert!(share < 0.05, "{:.1}% of a core", share * 100.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
