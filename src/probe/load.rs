@@ -294,6 +294,7 @@ impl Loaded {
                 }
             }
         }
+        notes.dedup();
         self.links = links;
         self.notes = notes;
         Ok(())
