@@ -23,6 +23,7 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 }
 
 pub fn run(a: &RecordArgs) -> Result<i32> {
+    crate::sys::require_tracing_privileges()?;
     // Fail on an unwritable output before touching the kernel.
     let mut w = match &a.output {
         Some(p) => Writer::create(p)?,

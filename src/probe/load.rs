@@ -161,6 +161,43 @@ fn short_error(e: &anyhow::Error) -> String {
     s
 }
 
+/// The kernel allows one BPF hook per (netns, family, hook, priority): EBUSY
+/// means another program (another ctrace, say) holds it. Step away from the
+/// preferred slot, downwards, which keeps every hook on the same side of NAT,
+/// conntrack and confirm (our ranges stay clear of their priorities).
+const PRIORITY_TRIES: i32 = 16;
+
+fn attach_nf(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    pf: i32,
+    hook: i32,
+    priority: i32,
+) -> Result<(Link, i32)> {
+    let mut last = None;
+    for step in 0..PRIORITY_TRIES {
+        // nat/confirm use INT_MAX-1.. (step by 2 so they never meet), window -199..
+        let p = if priority > 0 {
+            priority - 2 * step
+        } else {
+            priority + step
+        };
+        match prog.attach_netfilter_with_opts(NetfilterOpts {
+            protocol_family: pf,
+            hooknum: hook,
+            priority: p,
+            ..Default::default()
+        }) {
+            Ok(l) => return Ok((l, p)),
+            Err(e) if format!("{e:#}").contains("os error 16") => last = Some(e), // EBUSY
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow!("no free priority")))
+    .context("every nearby netfilter priority is taken by other BPF programs")
+}
+
 /// Netfilter hooks a stable-mode program attaches to: (hook, priority).
 fn nf_hooks(prog: &str) -> &'static [(i32, i32)] {
     // The kernel refuses two BPF hooks at one priority (EBUSY): nat sits just
@@ -209,14 +246,15 @@ impl Loaded {
             }
             for &(hook, priority) in hooks {
                 for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
-                    let r = prog.attach_netfilter_with_opts(NetfilterOpts {
-                        protocol_family: pf,
-                        hooknum: hook,
-                        priority,
-                        ..Default::default()
-                    });
-                    match r {
-                        Ok(l) => links.push(l),
+                    match attach_nf(&prog, pf, hook, priority) {
+                        Ok((l, used)) => {
+                            if used != priority {
+                                notes.push(format!(
+                                    "{name}: priority {priority} was taken (another BPF hook); attached at {used}"
+                                ));
+                            }
+                            links.push(l)
+                        }
                         Err(e) if pf == NFPROTO_IPV6 => {
                             notes.push(format!("{name}: IPv6 hook not attached ({e})"))
                         }

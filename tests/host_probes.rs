@@ -1,0 +1,203 @@
+//! On the host (needs root): every program passes the verifier, the resolver's
+//! choice matches what the kernel offers, and nothing of ctrace stays attached
+//! after it exits. These compare against the kernel's own view (bpftool).
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ctrace")
+}
+
+fn root_or_skip() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: loading BPF programs needs root");
+        return false;
+    }
+    true
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A verifier regression in any kprobe program fails here, although kprobes
+/// cannot attach on a kernel without them: loading is verifying.
+#[test]
+fn every_kprobe_and_stable_program_passes_the_verifier() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = json(&["probes", "--features"]);
+    let loads = f["loads"].as_object().unwrap();
+    for p in ["nat", "confirm", "window", "symptoms"] {
+        assert_eq!(
+            loads[&format!("{p}:kprobe")],
+            "ok",
+            "{p}:kprobe: {}",
+            loads[&format!("{p}:kprobe")]
+        );
+    }
+    // netfilter BPF programs exist from 6.4: the host decides, not a constant
+    let has_nf = Path::new("/proc/sys/net/netfilter").exists() && kernel_at_least(6, 4);
+    if has_nf {
+        for p in ["nat", "confirm", "window", "symptoms"] {
+            assert_eq!(loads[&format!("{p}:stable")], "ok", "{p}:stable");
+        }
+    }
+}
+
+fn kernel_at_least(maj: u32, min: u32) -> bool {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r.trim().split(|c: char| !c.is_ascii_digit());
+    let a: u32 = it.next().unwrap().parse().unwrap();
+    let b: u32 = it.next().unwrap().parse().unwrap();
+    (a, b) >= (maj, min)
+}
+
+/// The plan agrees with the kernel: a probe is never planned on a flavour
+/// whose load the kernel refused, and kprobes are never chosen without a
+/// kprobe PMU.
+#[test]
+fn plan_follows_the_kernels_answers() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = json(&["probes", "--features"]);
+    let plan = json(&["probes", "--json"]);
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    for p in plan["probes"].as_array().unwrap() {
+        let name = p["probe"].as_str().unwrap();
+        let Some(fl) = p["chosen"].as_str() else {
+            continue;
+        };
+        assert_eq!(
+            f["loads"][format!("{name}:{fl}")],
+            "ok",
+            "{name} planned on {fl}"
+        );
+        if !pmu {
+            assert_ne!(fl, "kprobe", "{name}: kprobe chosen without a kprobe PMU");
+        }
+    }
+}
+
+/// BPF program and link IDs held open by a process: its fdinfo says
+/// `prog_id:` / `link_id:` for each BPF fd (bpftool's `pids` needs a build
+/// that Debian's package lacks).
+fn held_ids(pid: u32, field: &str) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        if let Ok(s) = std::fs::read_to_string(e.path()) {
+            for l in s.lines() {
+                if let Some(v) = l.strip_prefix(field) {
+                    if let Ok(id) = v.trim().parse() {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn our_progs(pid: u32) -> BTreeSet<u64> {
+    held_ids(pid, "prog_id:")
+}
+
+fn all_prog_ids() -> BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+fn links_of(progs: &BTreeSet<u64>) -> usize {
+    let out = Command::new("bpftool")
+        .args(["link", "show", "-j"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)))
+        .count()
+}
+
+fn record_then_signal(sig: nix::sys::signal::Signal) {
+    let dir = std::env::temp_dir().join(format!("ctrace-cleanup-{}-{sig}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rec.jsonl");
+    let mut child = Command::new(bin())
+        .args(["record", "-q", "-o"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // attached once the header is written
+    let t0 = Instant::now();
+    while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no header after 20 s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "ctrace exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let progs = our_progs(pid);
+    assert!(progs.len() >= 4, "ctrace holds {} programs", progs.len());
+    let links = links_of(&progs);
+    assert!(links >= 4, "only {links} links attached");
+    assert_eq!(
+        links,
+        held_ids(pid, "link_id:").len(),
+        "links by prog id vs link fds"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ctrace exited with {status} after {sig}");
+    let left: Vec<u64> = all_prog_ids().intersection(&progs).copied().collect();
+    assert!(left.is_empty(), "programs left after {sig}: {left:?}");
+    assert_eq!(links_of(&progs), 0, "links left after {sig}");
+    // and the recording is complete: a trailer with the kernel's counters
+    let rec = ctrace::record::read(&file).unwrap();
+    let t = rec.trailer.expect("trailer written on signal");
+    assert_eq!(t.ended_by, "signal");
+    assert!(t.kernel_counters.is_some());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn nothing_stays_attached_after_sigint() {
+    if root_or_skip() {
+        record_then_signal(nix::sys::signal::Signal::SIGINT);
+    }
+}
+
+#[test]
+fn nothing_stays_attached_after_sigterm() {
+    if root_or_skip() {
+        record_then_signal(nix::sys::signal::Signal::SIGTERM);
+    }
+}
