@@ -14,6 +14,8 @@ use crate::node::{Hook, NatTarget, NodeState};
 use crate::record::KernelCounters;
 use crate::stats::{tuple_key, Stats, TopK, TupleKey};
 
+pub mod doc;
+
 /// Example events kept per kind.
 pub const EXAMPLES: usize = 3;
 const TOP: usize = 5;
