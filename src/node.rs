@@ -1154,7 +1154,7 @@ table inet fw {
         let s = read_state(&fixture("trap"), None);
         assert_eq!(s.kernel_version(), Some((6, 1)));
         assert_eq!(s.sysctl.tcp_be_liberal, Some(false));
-        assert_eq!(s.sysctl.conntrack_count, Some(250000));
+        assert_eq!(s.sysctl.conntrack_count, Some(1500));
         assert!(s.boot.boot_order_trap());
         assert_eq!(
             s.boot.be_liberal_settings[0].file,
