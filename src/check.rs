@@ -25,6 +25,9 @@ fn exit_code(d: &Document, fail_on: &[String], node_only: bool) -> i32 {
 }
 
 fn print(d: &Document, json: bool) {
+    for w in &d.warnings {
+        eprintln!("ctrace: warning: {w}");
+    }
     if json {
         println!("{}", d.to_json());
     } else {

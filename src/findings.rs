@@ -341,8 +341,9 @@ fn reasons(stats: &Stats, k: Kind) -> Vec<Counted> {
         .collect()
 }
 
+/// Events per second; none over less than a second (a cut-off recording).
 fn rate(n: u64, d: f64) -> Option<f64> {
-    (d > 0.0).then(|| n as f64 / d)
+    (d >= 1.0).then(|| n as f64 / d)
 }
 
 /// The command that adds --random-fully to an iptables rule ("-A C ..." →

@@ -26,8 +26,9 @@ pub fn document(path: &Path, rec: &Recording) -> Document {
     let duration_s = if start > 0 && end > start {
         (end - start) as f64 / 1e9
     } else {
-        match (agg.stats.first_ts_ns, agg.stats.last_ts_ns) {
-            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        // cut off: from the start to the last event seen
+        match agg.stats.last_ts_ns {
+            Some(b) if start > 0 && b > start => (b - start) as f64 / 1e9,
             _ => 0.0,
         }
     };
@@ -91,10 +92,10 @@ pub fn document(path: &Path, rec: &Recording) -> Document {
 pub fn run(a: &ReportArgs) -> Result<i32> {
     let rec = crate::record::read(&a.file)?;
     let d = document(&a.file, &rec);
+    for w in &d.warnings {
+        eprintln!("ctrace: warning: {w}");
+    }
     if a.json {
-        for w in &d.warnings {
-            eprintln!("ctrace: warning: {w}");
-        }
         println!("{}", d.to_json());
     } else {
         print!("{}", d.to_text());

@@ -325,9 +325,6 @@ impl Document {
                 let _ = writeln!(s, "Note: {note}");
             }
         }
-        for w in &self.warnings {
-            let _ = writeln!(s, "Warning: {w}");
-        }
         s.push_str(&render(&self.findings));
         s
     }
