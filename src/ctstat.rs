@@ -108,6 +108,7 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -129,13 +130,15 @@ impl CtNetlink {
         Ok(CtNetlink { sock, seq: 1 })
     }
 
-    fn request(&mut self, msg_type: u16) -> Result<Vec<Vec<u8>>> {
+    /// `flags`: NLM_F_DUMP for a dump (ends with NLMSG_DONE), NLM_F_ACK for a
+    /// single reply (ends with an ACK: GET_STATS has no dump and sends no DONE).
+    fn request(&mut self, msg_type: u16, flags: u16) -> Result<Vec<Vec<u8>>> {
         self.seq += 1;
         let mut req = Vec::with_capacity(20);
         let len: u32 = 16 + 4;
         req.extend_from_slice(&len.to_ne_bytes());
         req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
-        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
         req.extend_from_slice(&self.seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
         // struct nfgenmsg { family AF_UNSPEC, version NFNETLINK_V0, res_id 0 }
@@ -182,7 +185,7 @@ impl CtNetlink {
 
     /// Every CPU's counters (`conntrack -S`).
     pub fn per_cpu(&mut self) -> Result<Snapshot> {
-        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS_CPU)?;
+        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP)?;
         let mut per_cpu = Vec::with_capacity(msgs.len());
         for m in msgs {
             per_cpu.push(parse_cpu(&m)?);
@@ -193,7 +196,7 @@ impl CtNetlink {
 
     /// (entries, max entries) of this netns's table (`conntrack -C`).
     pub fn table_fill(&mut self) -> Result<(u64, u64)> {
-        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS)?;
+        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS, NLM_F_ACK)?;
         let mut count = 0;
         let mut max = 0;
         for m in msgs {
