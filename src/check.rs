@@ -51,8 +51,11 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let node = crate::node::read_state(std::path::Path::new("/"), cfg.netns.as_deref());
     let mut session = Session::start(&cfg)?;
     let progress = std::io::stderr().is_terminal();
+    let mut seen = std::collections::BTreeSet::new();
     for n in &session.notes {
-        eprintln!("ctrace: note: {n}");
+        if seen.insert(n) {
+            eprintln!("ctrace: note: {n}");
+        }
     }
     let header = session.header();
     let mut agg = Aggregate::default();

@@ -466,10 +466,18 @@ fn snat_race(i: &Input) -> Option<Finding> {
             "; {tcp} TCP (a dropped SYN: the connect takes 1 s or 3 s more), {udp} UDP (a lost datagram: a 5 s DNS timeout)"
         );
     }
-    let why = if is_nat {
+    let small_pool = i
+        .node
+        .and_then(|n| n.snat_pool_size())
+        .filter(|p| *p < 1024);
+    let why = if let (true, Some(p)) = (is_nat, small_pool) {
+        format!("The SNAT pool has only {p} address:port pairs per destination: while they are in use, NAT finds no free tuple, keeps a taken one, and the new entry loses at confirm (__nf_conntrack_confirm): insert_failed is counted and the packet dropped. Even with a wide pool, parallel connections race the same way, because the port is chosen before the insert, not atomically with it.")
+    } else if is_nat {
         "Two new connections to the same destination were given the same translated source port: NAT picks the port (nf_nat_l4proto_unique_tuple) before the conntrack entry is inserted, not atomically, so the second entry loses at confirm (__nf_conntrack_confirm), insert_failed is counted and its packet is dropped. TCP clashes are never resolved; the client retransmits after 1 s."
+            .into()
     } else {
         "Conntrack could not insert a new entry because an entry with the same tuple was inserted first by another CPU (a race between parallel packets of new flows, such as a resolver's A and AAAA queries from one socket); the packet was dropped."
+        .into()
     };
     let (mitigation, config) = if is_nat {
         snat_mitigation(i.node)
@@ -521,7 +529,7 @@ fn snat_race(i: &Input) -> Option<Finding> {
                 .cloned()
                 .unwrap_or_default(),
         },
-        why: why.into(),
+        why,
         mitigation,
     })
 }

@@ -113,24 +113,37 @@ pub fn facts(i: &Input) -> Facts {
         nat_rules: rules.map(|r| r.nat.len()),
         nat_rules_random_fully: rules.map(|r| r.nat.iter().filter(|x| x.random_fully).count()),
         be_liberal: i.node.and_then(|n| n.sysctl.tcp_be_liberal),
-        hot_destinations: s
-            .top_destinations
-            .top(5)
-            .into_iter()
-            .map(|((a, p), n, _)| Counted {
-                key: match a {
-                    std::net::IpAddr::V6(a) => format!("[{a}]:{p}"),
-                    a => format!("{a}:{p}"),
-                },
-                count: n,
-            })
-            .collect(),
+        hot_destinations: hot_destinations(i),
         nat_alloc: s.count(Kind::NatAlloc),
         insert_failed: s.count(Kind::InsertFailed),
         clash_resolved: s.count(Kind::ClashResolved),
         kernel_insert_failed: i.kernel_counters.map(|k| k.insert_failed),
         kernel_clash_resolve: i.kernel_counters.map(|k| k.clash_resolve),
     }
+}
+
+/// Destinations with most insert failures and INVALID segments (the symptom
+/// kinds are left out: tracepoints see every netns).
+fn hot_destinations(i: &Input) -> Vec<Counted> {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    for k in [Kind::InsertFailed, Kind::TcpInvalid] {
+        if let Some(t) = i.agg.collector.destinations.get(&k) {
+            for ((a, p), n, _) in t.top(10) {
+                let key = match a {
+                    std::net::IpAddr::V6(a) => format!("[{a}]:{p}"),
+                    a => format!("{a}:{p}"),
+                };
+                *m.entry(key).or_default() += n;
+            }
+        }
+    }
+    let mut v: Vec<Counted> = m
+        .into_iter()
+        .map(|(key, count)| Counted { key, count })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
+    v.truncate(5);
+    v
 }
 
 /// What `report` knows about the recording itself.

@@ -531,3 +531,23 @@ fn render_names_severity_evidence_and_fix() {
     assert!(t.contains("Fix: add --random-fully"), "{t}");
     assert_eq!(render(&[]), "No findings.\n");
 }
+
+#[test]
+fn hot_destinations_are_failures_of_this_netns_not_symptoms() {
+    let a = agg(&[
+        insert_failed(1, 1024),
+        insert_failed(2, 1024),
+        ev(Kind::SynRetrans, "tcp", "10.9.0.2", 1, "192.0.2.99", 8000),
+        ev(Kind::SynRetrans, "tcp", "10.9.0.2", 1, "192.0.2.99", 8000),
+        ev(Kind::SynRetrans, "tcp", "10.9.0.2", 1, "192.0.2.99", 8000),
+        invalid(OVER, "snat"),
+    ]);
+    let f = doc::facts(&input(&a, None, None, "6.1.0"));
+    let keys: Vec<(&str, u64)> = f
+        .hot_destinations
+        .iter()
+        .map(|c| (c.key.as_str(), c.count))
+        .collect();
+    assert_eq!(keys, vec![("192.0.2.1:80", 2), ("10.0.0.2:40000", 1)]);
+    assert_eq!(f.insert_failed, 2);
+}
