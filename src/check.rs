@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::cli::{CheckArgs, DoctorArgs};
-use crate::findings::doc::{agreement, facts, Document};
+use crate::findings::doc::{agreement_per_cpu, facts, insert_failed_per_cpu, Document};
 use crate::findings::{
     counts_for_exit, evaluate, node_findings, validate_fail_on, Aggregate, Input,
 };
@@ -120,7 +120,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     d.lost = fin.lost;
     d.agreement = kc
         .as_ref()
-        .map(|k| agreement(k, &d.events))
+        .map(|k| agreement_per_cpu(k, &d.events, &insert_failed_per_cpu(&agg.stats)))
         .unwrap_or_default();
     d.facts = facts(&input);
     d.findings = evaluate(&input);

@@ -874,7 +874,11 @@ fn dump(cmd: &str, args: &[&str]) -> Result<String, String> {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(o) => Err(format!(
             "{cmd} failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .lines()
+                .collect::<Vec<_>>()
+                .join(" / ")
         )),
         Err(e) => Err(format!("{cmd} could not run: {e}")),
     }

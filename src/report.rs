@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::cli::ReportArgs;
-use crate::findings::doc::{agreement, facts, Document, RecordingInfo};
+use crate::findings::doc::{
+    agreement_per_cpu, facts, insert_failed_per_cpu, Document, RecordingInfo,
+};
 use crate::findings::{counts_for_exit, evaluate, Aggregate, Input};
 use crate::record::Recording;
 use crate::stats::kind_counts;
@@ -66,7 +68,7 @@ pub fn document(path: &Path, rec: &Recording) -> Document {
         .unwrap_or_default();
     d.agreement = kc
         .as_ref()
-        .map(|k| agreement(k, &events))
+        .map(|k| agreement_per_cpu(k, &events, &insert_failed_per_cpu(&agg.stats)))
         .unwrap_or_default();
     d.events = events;
     d.lost = lost;

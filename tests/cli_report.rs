@@ -58,6 +58,7 @@ fn insert_failures_exit_1_with_a_snat_race_that_agrees_with_the_kernel() {
     assert_eq!(v["kernel_counters"]["insert_failed"], 3);
     assert_eq!(v["agreement"][0]["counter"], "insert_failed");
     assert_eq!(v["agreement"][0]["agree"], true);
+    assert_eq!(v["agreement"][0]["per_cpu"], serde_json::json!([[1, 3, 3]]));
     let f = &v["findings"][0];
     assert_eq!(f["kind"], "snat_race");
     assert_eq!(f["severity"], "critical");

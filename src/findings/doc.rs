@@ -25,6 +25,32 @@ pub struct Agreement {
     pub agree: bool,
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub note: String,
+    /// Per CPU where the kernel gives it (insert_failed): [cpu, kernel, events].
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub per_cpu: Vec<[u64; 3]>,
+}
+
+/// Compares the kernel's counters with the event counts, insert_failed per CPU
+/// too (`per_cpu_events`: cpu -> insert_failed events).
+pub fn agreement_per_cpu(
+    k: &KernelCounters,
+    events: &BTreeMap<String, u64>,
+    per_cpu_events: &BTreeMap<u32, u64>,
+) -> Vec<Agreement> {
+    let mut v = agreement(k, events);
+    let mut cpus: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for c in &k.per_cpu {
+        cpus.entry(c.cpu).or_default().0 += c.insert_failed;
+    }
+    for (c, n) in per_cpu_events {
+        cpus.entry(*c).or_default().1 += n;
+    }
+    v[0].per_cpu = cpus
+        .into_iter()
+        .filter(|(_, (a, b))| a + b > 0)
+        .map(|(c, (a, b))| [c as u64, a, b])
+        .collect();
+    v
 }
 
 /// Compares the kernel's counters with the event counts.
@@ -38,6 +64,7 @@ pub fn agreement(k: &KernelCounters, events: &BTreeMap<String, u64>) -> Vec<Agre
             events: ev("insert_failed"),
             agree: k.insert_failed == ev("insert_failed"),
             note: String::new(),
+            per_cpu: Vec::new(),
         },
         Agreement {
             counter: "clash_resolve".into(),
@@ -46,6 +73,7 @@ pub fn agreement(k: &KernelCounters, events: &BTreeMap<String, u64>) -> Vec<Agre
             events: ev("clash_resolved"),
             agree: k.clash_resolve == ev("clash_resolved"),
             note: String::new(),
+            per_cpu: Vec::new(),
         },
         Agreement {
             counter: "invalid".into(),
@@ -54,6 +82,7 @@ pub fn agreement(k: &KernelCounters, events: &BTreeMap<String, u64>) -> Vec<Agre
             events: ev("tcp_invalid"),
             agree: k.invalid == ev("tcp_invalid"),
             note: "the kernel's invalid counter also counts the node's own RSTs, non-TCP and untracked strays: equal only in a lab".into(),
+            per_cpu: Vec::new(),
         },
     ];
     for a in &mut v {
@@ -294,6 +323,14 @@ impl Document {
                             format!("differ: {}", a.note)
                         }
                     );
+                    if !a.per_cpu.is_empty() {
+                        let cpus: Vec<String> = a
+                            .per_cpu
+                            .iter()
+                            .map(|[c, k, e]| format!("cpu{c} {k}/{e}"))
+                            .collect();
+                        let _ = writeln!(s, "    per CPU (kernel/events): {}", cpus.join(", "));
+                    }
                 }
             }
         }
@@ -341,4 +378,13 @@ impl Document {
         s.push_str(&render(&self.findings));
         s
     }
+}
+
+/// insert_failed events per CPU.
+pub fn insert_failed_per_cpu(s: &crate::stats::Stats) -> BTreeMap<u32, u64> {
+    s.per_cpu
+        .keys()
+        .map(|c| (*c, s.cpu_count(*c, Kind::InsertFailed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
