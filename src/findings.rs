@@ -130,6 +130,9 @@ pub struct Collector {
     pub by_proto: BTreeMap<(Kind, String), u64>,
     /// (kind, "snat"/"dnat"/"snat+dnat"/"none") -> count
     pub by_nat: BTreeMap<(Kind, String), u64>,
+    /// INVALID segments the node generated itself (its RSTs: no conntrack
+    /// entry either, so conntrack counts them INVALID too).
+    pub local_invalid: u64,
 }
 
 impl Default for Collector {
@@ -141,6 +144,7 @@ impl Default for Collector {
             ports: TopK::new(256),
             by_proto: BTreeMap::new(),
             by_nat: BTreeMap::new(),
+            local_invalid: 0,
         }
     }
 }
@@ -164,6 +168,9 @@ impl Collector {
         }
         if e.kind == Kind::HostRst {
             return;
+        }
+        if e.kind == Kind::TcpInvalid && e.hook.as_deref() == Some("output") {
+            self.local_invalid += 1;
         }
         self.destinations
             .entry(e.kind)
@@ -646,7 +653,15 @@ fn tcp_invalid_reset(i: &Input) -> Option<Finding> {
         .filter(|r| reason_class(&r.key) == ReasonClass::UnderLower)
         .map(|r| r.count)
         .sum::<u64>();
-    let mut summary = format!("{n} TCP segments classified INVALID by conntrack window tracking");
+    let mut summary = format!("{n} TCP segments classified INVALID by conntrack");
+    if c.local_invalid > 0 {
+        let _ = write!(
+            summary,
+            " ({} from the network, {} sent by the node itself: its RSTs have no conntrack entry either)",
+            n.saturating_sub(c.local_invalid),
+            c.local_invalid
+        );
+    }
     if over + under > 0 {
         let _ = write!(
             summary,

@@ -81,6 +81,35 @@ fn check_against_the_snat_race_lab_counts_what_the_kernel_counts() {
     assert!(!f["mitigation"].as_array().unwrap().is_empty());
 }
 
+#[test]
+fn check_against_the_invalid_rst_lab_counts_what_the_kernel_counts() {
+    let t = "check_against_the_invalid_rst_lab";
+    if !root_or_skip(t) || !lab_or_skip(t) {
+        return;
+    }
+    let (code, v, stderr) = run_json(&["check", "--lab", "invalid-rst", "-d", "8s", "--json"]);
+    if code == 2 && stderr.contains("not built yet") {
+        eprintln!(
+            "{t}: skipped: the lab is not built in this tree: {}",
+            stderr.trim()
+        );
+        return;
+    }
+    assert_eq!(code, 1, "exit code; stderr:\n{stderr}\nstdout: {v}");
+    let kernel = v["kernel_counters"]["invalid"].as_u64().unwrap_or(0);
+    assert!(kernel > 0, "the lab made nothing INVALID: {v}");
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "tcp_invalid_reset")
+        .unwrap_or_else(|| panic!("no tcp_invalid_reset finding in {v}"));
+    // measured on 6.1, 6.12, 6.18 (KERNEL.md 7): the forged segment and the
+    // node's own RST, both counted by the kernel and both seen
+    assert_eq!(f["what"]["count"].as_u64(), Some(kernel), "{f}");
+    assert!(v["events"]["host_rst"].as_u64().unwrap_or(0) > 0, "{v}");
+}
+
 /// A fresh netns with one MASQUERADE rule, removed on drop.
 struct QuietNetns(String);
 

@@ -299,6 +299,27 @@ fn tcp_invalid_reset_wording_depends_on_the_kernel() {
     let f = find(&v, "tcp_invalid_reset");
     assert_eq!(f.severity, Severity::Critical);
     assert!(f.what.summary.contains("sent 1 RSTs"));
+    // stable mode sees the node's own RST as INVALID too (OUTPUT hook)
+    let mut own = ev(
+        Kind::TcpInvalid,
+        "tcp",
+        "198.51.100.1",
+        40000,
+        "192.0.2.1",
+        80,
+    );
+    own.hook = Some("output".into());
+    let a = agg(&[invalid(OVER, "snat"), own]);
+    let v = evaluate(&input(&a, None, None, "6.18.0"));
+    let f = find(&v, "tcp_invalid_reset");
+    assert_eq!(f.what.count, 2);
+    assert!(
+        f.what
+            .summary
+            .contains("(1 from the network, 1 sent by the node itself"),
+        "{}",
+        f.what.summary
+    );
 }
 
 #[test]
