@@ -58,7 +58,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         }
     }
     let header = session.header();
-    let mut agg = Aggregate::default();
+    let mut agg = Aggregate::for_netns(Some(header.netns));
     let t0 = Instant::now();
     let deadline = t0 + a.duration;
     let mut last_progress = Instant::now();

@@ -133,6 +133,11 @@ pub struct Collector {
     /// INVALID segments the node generated itself (its RSTs: no conntrack
     /// entry either, so conntrack counts them INVALID too).
     pub local_invalid: u64,
+    /// The traced netns: host RSTs of other namespaces are not this node's
+    /// (the symptom tracepoints see every netns). None: all count.
+    pub netns: Option<u32>,
+    /// Host RSTs sent from the traced netns.
+    pub host_rst: u64,
 }
 
 impl Default for Collector {
@@ -145,6 +150,8 @@ impl Default for Collector {
             by_proto: BTreeMap::new(),
             by_nat: BTreeMap::new(),
             local_invalid: 0,
+            netns: None,
+            host_rst: 0,
         }
     }
 }
@@ -161,6 +168,12 @@ impl Collector {
     pub fn add(&mut self, e: &Event) {
         if !EVIDENCE_KINDS.contains(&e.kind) && e.kind != Kind::HostRst {
             return;
+        }
+        if e.kind == Kind::HostRst {
+            if self.netns.is_some_and(|n| n != e.netns) {
+                return;
+            }
+            self.host_rst += 1;
         }
         let ex = self.examples.entry(e.kind).or_default();
         if ex.len() < EXAMPLES {
@@ -214,6 +227,13 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
+    /// Evidence of the traced netns `netns` (None: of every netns).
+    pub fn for_netns(netns: Option<u32>) -> Aggregate {
+        let mut a = Aggregate::default();
+        a.collector.netns = netns;
+        a
+    }
+
     pub fn add(&mut self, e: &Event) {
         self.stats.add(e);
         self.collector.add(e);
@@ -641,7 +661,7 @@ fn tcp_invalid_reset(i: &Input) -> Option<Finding> {
         return None;
     }
     let kv = i.kernel.and_then(crate::node::kernel_version);
-    let rst = s.count(Kind::HostRst);
+    let rst = c.host_rst;
     let rs = reasons(s, Kind::TcpInvalid);
     let over = rs
         .iter()

@@ -15,7 +15,7 @@ use crate::stats::kind_counts;
 
 /// Builds the document of a recording read back.
 pub fn document(path: &Path, rec: &Recording) -> Document {
-    let mut agg = Aggregate::default();
+    let mut agg = Aggregate::for_netns(rec.header.as_ref().map(|h| h.netns));
     for e in &rec.events {
         agg.add(e);
     }

@@ -299,6 +299,17 @@ fn tcp_invalid_reset_wording_depends_on_the_kernel() {
     let f = find(&v, "tcp_invalid_reset");
     assert_eq!(f.severity, Severity::Critical);
     assert!(f.what.summary.contains("sent 1 RSTs"));
+    // RSTs of other network namespaces are not this node's
+    let mut other = ev(Kind::HostRst, "tcp", "10.9.9.9", 1, "192.0.2.1", 80);
+    other.netns = 99;
+    let mut a = Aggregate::for_netns(Some(7));
+    for e in [invalid(OVER, "snat"), other.clone(), other] {
+        a.add(&e);
+    }
+    let v = evaluate(&input(&a, None, None, "6.1.0"));
+    let f = find(&v, "tcp_invalid_reset");
+    assert!(f.what.summary.contains("sent 0 RSTs"), "{}", f.what.summary);
+    assert_eq!(f.severity, Severity::Warning);
     // stable mode sees the node's own RST as INVALID too (OUTPUT hook)
     let mut own = ev(
         Kind::TcpInvalid,
