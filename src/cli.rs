@@ -160,6 +160,7 @@ pub struct DoctorArgs {
     /// Network namespace whose sysctls and rules to read (needs root).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+    /// Machine-readable output (a versioned document).
     #[arg(long)]
     pub json: bool,
     /// Read the node's files under this root instead of / (tests; rule dumps

@@ -1162,7 +1162,7 @@ pub fn render(findings: &[Finding]) -> String {
         s.push_str("No findings.\n");
         return s;
     }
-    for (n, f) in findings.iter().enumerate() {
+    for f in findings {
         let _ = writeln!(
             s,
             "\n[{}] {} ({}, {})",
@@ -1175,7 +1175,6 @@ pub fn render(findings: &[Finding]) -> String {
                 "traced"
             }
         );
-        let _ = n;
         let _ = write!(s, "  What: {}", f.what.summary);
         if let Some(r) = f.what.rate_per_s {
             let _ = write!(s, " [{r:.2}/s]");
