@@ -1,12 +1,195 @@
 //! `ctrace check` and `ctrace doctor`: findings with evidence and mitigations.
-use anyhow::{bail, Result};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
 
 use crate::cli::{CheckArgs, DoctorArgs};
+use crate::findings::doc::{agreement_per_cpu, facts, insert_failed_per_cpu, Document};
+use crate::findings::{
+    counts_for_exit, evaluate, node_findings, validate_fail_on, Aggregate, Input,
+};
+use crate::session::{Session, SessionConfig};
+use crate::stats::kind_counts;
 
-pub fn run(_a: &CheckArgs) -> Result<i32> {
-    bail!("ctrace check is not built yet")
+fn exit_code(d: &Document, fail_on: &[String], node_only: bool) -> i32 {
+    if d.findings
+        .iter()
+        .any(|f| counts_for_exit(f, fail_on, node_only))
+    {
+        crate::exit::FINDINGS
+    } else {
+        crate::exit::OK
+    }
 }
 
-pub fn doctor(_a: &DoctorArgs) -> Result<i32> {
-    bail!("ctrace doctor is not built yet")
+fn print(d: &Document, json: bool) {
+    for w in &d.warnings {
+        eprintln!("ctrace: warning: {w}");
+    }
+    if json {
+        println!("{}", d.to_json());
+    } else {
+        print!("{}", d.to_text());
+    }
+}
+
+pub fn run(a: &CheckArgs) -> Result<i32> {
+    validate_fail_on(&a.fail_on)?;
+    let stop = crate::cmd_record::stop_on_signals()?;
+    let lab = match a.lab {
+        Some(kind) => Some(crate::lab::Background::start(kind)?),
+        None => None,
+    };
+    let mut cfg = SessionConfig::from(&a.trace);
+    if let Some(l) = &lab {
+        cfg.netns = Some(l.node_netns().to_string());
+    }
+    // The node's configuration, read in the traced netns (from a helper
+    // thread: Session::start moves this thread into it).
+    let node = crate::node::read_state(std::path::Path::new("/"), cfg.netns.as_deref());
+    let mut session = Session::start(&cfg)?;
+    let progress = std::io::stderr().is_terminal();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &session.notes {
+        if seen.insert(n) {
+            eprintln!("ctrace: note: {n}");
+        }
+    }
+    let header = session.header();
+    let mut agg = Aggregate::for_netns(Some(header.netns));
+    let t0 = Instant::now();
+    let deadline = t0 + a.duration;
+    let mut last_progress = Instant::now();
+    let mut ended_early = false;
+    while Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            ended_early = true;
+            break;
+        }
+        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
+            for e in &batch {
+                agg.add(e);
+            }
+        }
+        if progress && last_progress.elapsed() >= Duration::from_millis(500) {
+            last_progress = Instant::now();
+            eprint!(
+                "\rctrace check: {:>4.0}s / {:.0}s  {} events (insert_failed {}, tcp_invalid {})  lost {}   ",
+                t0.elapsed().as_secs_f64(),
+                a.duration.as_secs_f64(),
+                agg.stats.total,
+                agg.stats.count(crate::event::Kind::InsertFailed),
+                agg.stats.count(crate::event::Kind::TcpInvalid),
+                session.lost()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprint!("\r{:78}\r", "");
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let table_fill = session.table_fill().ok();
+    let fin = session.finish()?;
+    for e in &fin.remaining {
+        agg.add(e);
+    }
+    drop(lab);
+    let kc = fin.counters.map(|c| c.to_counters());
+    let input = Input {
+        agg: &agg,
+        kernel_counters: kc.as_ref(),
+        duration_s: elapsed,
+        lost: fin.lost,
+        table_fill,
+        node: Some(&node),
+        kernel: Some(header.kernel.as_str()),
+    };
+    let mut d = Document::new("check");
+    d.kernel = Some(header.kernel.clone());
+    d.netns = Some(
+        cfg.netns
+            .clone()
+            .unwrap_or_else(|| header.netns.to_string()),
+    );
+    d.duration_s = Some(elapsed);
+    d.probes = header.probes.clone();
+    d.events = kind_counts(&agg.stats);
+    d.lost = fin.lost;
+    d.agreement = kc
+        .as_ref()
+        .map(|k| agreement_per_cpu(k, &d.events, &insert_failed_per_cpu(&agg.stats)))
+        .unwrap_or_default();
+    d.facts = facts(&input);
+    d.findings = evaluate(&input);
+    d.kernel_counters = kc.clone();
+    if ended_early {
+        d.warnings.push(format!(
+            "interrupted after {elapsed:.1} s of {:.0} s",
+            a.duration.as_secs_f64()
+        ));
+    }
+    if kc.is_none() {
+        d.warnings
+            .push("the kernel's conntrack counters could not be read at the end".into());
+    }
+    d.node = Some(node);
+    d.exit = exit_code(&d, &a.fail_on, false);
+    print(&d, a.json);
+    Ok(d.exit)
+}
+
+pub fn doctor(a: &DoctorArgs) -> Result<i32> {
+    if let Some(spec) = &a.netns {
+        // a clear error for a netns that does not exist; entering it is tried later
+        crate::netns::resolve(spec)?;
+    }
+    let node = crate::node::read_state(&a.root, a.netns.as_deref());
+    if node.sysctl.tcp_be_liberal.is_none()
+        && node.rules.is_none()
+        && node.kernel.is_none()
+        && node.boot == Default::default()
+    {
+        anyhow::bail!(
+            "nothing of the node's configuration could be read under {}: {}",
+            a.root.display(),
+            node.notes.join("; ")
+        );
+    }
+    let agg = Aggregate::default();
+    let input = Input {
+        agg: &agg,
+        kernel_counters: None,
+        duration_s: 0.0,
+        lost: 0,
+        table_fill: None,
+        node: Some(&node),
+        kernel: node.kernel.as_deref(),
+    };
+    let mut d = Document::new("doctor");
+    d.kernel = node.kernel.clone();
+    d.netns = a.netns.clone();
+    d.facts = facts(&input);
+    d.findings = node_findings(&node);
+    d.node = Some(node);
+    d.exit = exit_code(&d, &[], true);
+    print(&d, a.json);
+    Ok(d.exit)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_lists_every_finding_kind() {
+        use clap::CommandFactory;
+        let mut cmd = crate::cli::Cli::command();
+        let check = cmd.find_subcommand_mut("check").unwrap();
+        let help = check.render_long_help().to_string();
+        for k in crate::findings::KINDS {
+            assert!(help.contains(k), "check --help does not name {k}");
+        }
+        assert!(help.contains("Exit codes:"));
+    }
 }

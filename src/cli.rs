@@ -122,6 +122,9 @@ pub struct TopArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit codes:\n  0  no finding that counts (warning or worse)\n  1  findings\n  2  could not run: missing or unreadable file, a line that is not JSON, a newer format (the message names file and line)\n\nA truncated last line is a warning: the complete events before it are reported.\n--json prints a versioned document ({\"format\":1,...})."
+)]
 pub struct ReportArgs {
     /// A recording made by `ctrace record`.
     pub file: PathBuf,
@@ -130,6 +133,7 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = const_format_check_help())]
 pub struct CheckArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -147,11 +151,22 @@ pub struct CheckArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Reads the node's conntrack sysctls, NAT and INVALID-drop rules (iptables-save, nft: \
+need root) and boot files (sysctl.d, modules-load.d). No tracing.\n\nExit codes:\n  0  nothing to fix\n  \
+1  configuration findings (warning or worse)\n  2  could not run\n\n--json prints a versioned document ({\"format\":1,...})."
+)]
 pub struct DoctorArgs {
+    /// Network namespace whose sysctls and rules to read (needs root).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+    /// Machine-readable output (a versioned document).
     #[arg(long)]
     pub json: bool,
+    /// Read the node's files under this root instead of / (tests; rule dumps
+    /// then come from ROOT/rules/{iptables-save,ip6tables-save,nft-ruleset}).
+    #[arg(long, hide = true, default_value = "/")]
+    pub root: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +184,17 @@ pub struct LabArgs {
     /// Keep running the traffic in a loop until Ctrl-C (used by --lab demos).
     #[arg(long)]
     pub repeat: bool,
+}
+
+const fn const_format_check_help() -> &'static str {
+    "Exit codes:\n  0  nothing found (no traced finding of warning or worse)\n  1  findings (only the --fail-on kinds, when given)\n  \
+2  could not run (no privileges, no conntrack, kernel lacks hooks, bad --fail-on): the message says why\n\n\
+Node configuration advice (missing --random-fully, be_liberal boot order...) is printed but fails the check only when \
+named in --fail-on; `ctrace doctor` reports it alone.\n\n\
+Finding kinds: snat_race, insert_failed, tcp_invalid_reset, conntrack_table_full, events_lost (traced); \
+be_liberal_boot_order, nat_without_random_fully, snat_pool_small, invalid_drop_wrong_chain, invalid_unmitigated \
+(node configuration); tcp_invalid_masked, tcp_ignored, clash_resolved (info).\n\n\
+--json prints a versioned document ({\"format\":1,...}) with the findings, the kernel's counter deltas and the node facts."
 }
 
 /// "10s", "250ms", "2m", "1h", or plain seconds.

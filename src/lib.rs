@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod cli;
 pub mod ctstat;
 pub mod event;
+pub mod findings;
 pub mod netns;
 pub mod node;
 pub mod pipeline;

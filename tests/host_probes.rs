@@ -188,9 +188,18 @@ fn record_then_signal(sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "ctrace exited with {status} after {sig}");
-    let left: Vec<u64> = all_prog_ids().intersection(&progs).copied().collect();
-    assert!(left.is_empty(), "programs left after {sig}: {left:?}");
-    assert_eq!(links_of(&progs), 0, "links left after {sig}");
+    // the kernel frees programs and links after an RCU grace period: give it 5 s
+    let t0 = Instant::now();
+    let left = loop {
+        let left: Vec<u64> = all_prog_ids().intersection(&progs).copied().collect();
+        let links = links_of(&progs);
+        if (left.is_empty() && links == 0) || t0.elapsed() > Duration::from_secs(5) {
+            break (left, links);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(left.0.is_empty(), "programs left after {sig}: {:?}", left.0);
+    assert_eq!(left.1, 0, "links left after {sig}");
     // and the recording is complete: a trailer with the kernel's counters
     let rec = ctrace::record::read(&file).unwrap();
     let t = rec.trailer.expect("trailer written on signal");

@@ -599,7 +599,7 @@ impl App {
                 false
             }
             Msg::Node(n) => {
-                self.live.node = Some(n);
+                self.live.node = Some(*n);
                 false
             }
             Msg::SourceEnded(why) => {

@@ -23,7 +23,7 @@ pub enum Msg {
     Kernel(Snapshot),
     /// Lost records so far (a running total).
     Lost(u64),
-    Node(NodeState),
+    Node(Box<NodeState>),
     /// The event source stopped (the message says why).
     SourceEnded(String),
 }

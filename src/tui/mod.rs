@@ -221,7 +221,13 @@ fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool) 
 
 fn node_loop(tx: SyncSender<Msg>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        if tx.send(Msg::Node(crate::node::read_state())).is_err() {
+        if tx
+            .send(Msg::Node(Box::new(crate::node::read_state(
+                std::path::Path::new("/"),
+                None,
+            ))))
+            .is_err()
+        {
             return;
         }
         let t = Instant::now();

@@ -197,12 +197,12 @@ pub fn node_line(node: Option<&NodeState>, replay: bool) -> Line<'static> {
     let good = Style::new().fg(Color::Green);
     let warn = Style::new().fg(Color::Yellow);
     let mut spans = vec![Span::raw("node: be_liberal ")];
-    spans.push(match n.be_liberal {
+    spans.push(match n.sysctl.tcp_be_liberal {
         Some(true) => Span::styled("1", good),
         Some(false) => Span::raw("0"),
         None => Span::styled("?", warn),
     });
-    match n.rules() {
+    match n.facts() {
         None => spans.push(Span::styled("  rules: unreadable", warn)),
         Some(r) => {
             spans.push(Span::raw("  INVALID drop: "));
@@ -640,7 +640,7 @@ fn render_help(app: &App, f: &mut Frame, area: Rect) {
         ));
     }
     if let Some(node) = &app.view().node {
-        for e in &node.errors {
+        for e in &node.notes {
             lines.push(Line::styled(
                 format!("node: {e}"),
                 Style::new().fg(Color::Yellow),
@@ -660,7 +660,7 @@ fn render_help(app: &App, f: &mut Frame, area: Rect) {
 mod tests {
     use super::*;
     use crate::ctstat::{CpuStats, Snapshot};
-    use crate::node::{NodeState, RuleFacts};
+    use crate::node::NodeState;
     use crate::tui::app::SourceInfo;
     use crate::tui::event::Msg;
     use crate::tui::testkit;
@@ -925,20 +925,20 @@ mod tests {
 
     #[test]
     fn node_state_line() {
-        let n = NodeState {
-            be_liberal: Some(true),
-            iptables: Some(RuleFacts {
-                masquerade: 2,
-                masquerade_random_fully: 1,
-                snat: 1,
-                snat_random_fully: 1,
-                invalid_drop: 2,
-            }),
-            nft: None,
-            errors: vec![],
-        };
+        let rules = crate::node::parse_iptables_save(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n\
+             -A POSTROUTING -s 10.0.0.0/8 -j MASQUERADE\n\
+             -A POSTROUTING -s 10.1.0.0/16 -j MASQUERADE --random-fully\n\
+             -A POSTROUTING -s 10.2.0.0/16 -j SNAT --to-source 192.0.2.1 --random-fully\n\
+             COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+             -A INPUT -m conntrack --ctstate INVALID -j DROP\n\
+             -A FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n",
+        );
+        let mut n = NodeState::default();
+        n.sysctl.tcp_be_liberal = Some(true);
+        n.rules = Some(rules);
         let mut a = app();
-        a.update(Msg::Node(n));
+        a.update(Msg::Node(Box::new(n)));
         let s = screen(&a, 160, 30);
         let l = line_with(&s, "node: ");
         assert!(l.contains("be_liberal 1"), "{l}");
