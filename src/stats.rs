@@ -98,6 +98,10 @@ pub struct Stats {
     pub first_ts_ns: Option<u64>,
     pub last_ts_ns: Option<u64>,
     pub netns: BTreeMap<u32, u64>,
+    /// Events whose reason (or netns) did not fit the bounded maps above:
+    /// counted, so that a cap is never silent.
+    pub reasons_overflow: u64,
+    pub netns_overflow: u64,
 }
 
 /// A flow as an ordered key.
@@ -131,6 +135,8 @@ impl Stats {
             first_ts_ns: None,
             last_ts_ns: None,
             netns: BTreeMap::new(),
+            reasons_overflow: 0,
+            netns_overflow: 0,
         }
     }
 
@@ -147,6 +153,8 @@ impl Stats {
             let key = (e.kind, e.reason.clone());
             if self.reasons.len() < MAX_REASONS || self.reasons.contains_key(&key) {
                 *self.reasons.entry(key).or_default() += 1;
+            } else {
+                self.reasons_overflow += 1;
             }
         }
         if FAILURES.contains(&e.kind) {
@@ -159,6 +167,8 @@ impl Stats {
         }
         if self.netns.len() < MAX_NETNS || self.netns.contains_key(&e.netns) {
             *self.netns.entry(e.netns).or_default() += 1;
+        } else {
+            self.netns_overflow += 1;
         }
         self.first_ts_ns = Some(self.first_ts_ns.map_or(e.ts_ns, |t| t.min(e.ts_ns)));
         self.last_ts_ns = Some(self.last_ts_ns.map_or(e.ts_ns, |t| t.max(e.ts_ns)));
