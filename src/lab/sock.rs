@@ -285,7 +285,7 @@ impl Sniffer {
             {
                 continue;
             }
-            let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING as u8;
+            let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING;
             if let Some(s) = parse_tcp(&buf[..n as usize], outgoing) {
                 return Ok(Some(s));
             }
