@@ -454,3 +454,52 @@ fn lab_topology_is_removed_on_panic_and_refuses_existing_names() {
         );
     }
 }
+
+/// `ctrace record --lab snat-race`: the built-in demo traces its own node; the
+/// traffic starts only after the probes attached and stops before they
+/// detach, so the agreement is exact here too; the lab's namespaces are gone
+/// when record exits.
+#[test]
+fn record_lab_demo_agrees_and_cleans_up() {
+    require_host!();
+    let _g = serial();
+    let dir = std::env::temp_dir().join(format!("ctrace-lab-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rec.jsonl");
+    let child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
+        .args(["record", "-q", "--lab", "snat-race", "-d", "6s", "-o"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "record --lab exited with {}",
+        out.status
+    );
+    let rec = ctrace::record::read(&file).unwrap();
+    let k = kernel(&rec);
+    let node = rec.header.as_ref().unwrap().netns;
+    let failed = count(&rec, Kind::InsertFailed, node);
+    eprintln!(
+        "record --lab: insert_failed events {failed}, kernel {}",
+        k.insert_failed
+    );
+    assert!(k.insert_failed > 0);
+    assert_eq!(failed, k.insert_failed);
+    assert_eq!(count(&rec, Kind::NfDrop, node), k.drop);
+    let prefix = format!("ctlab-{pid}-");
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left by record --lab: {left:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}

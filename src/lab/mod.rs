@@ -41,7 +41,8 @@ pub fn run(a: &LabArgs) -> Result<i32> {
     }
     let stop = signal_stop()?;
     if a.repeat {
-        let bg = Background::start_with(a.kind, &a.prefix)?;
+        let mut bg = Background::start_paused(a.kind, &a.prefix)?;
+        bg.resume();
         eprintln!(
             "ctrace lab: {:?} traffic running; node netns {} (trace it with --netns {}); Ctrl-C stops",
             a.kind,
@@ -157,6 +158,7 @@ fn run_invalid(a: &LabArgs, stop: &Stop) -> Result<i32> {
 pub struct Background {
     node_netns: String,
     stop: Stop,
+    go: Stop,
     thread: Option<JoinHandle<Result<()>>>,
     // dropped after the traffic thread has ended (field order = drop order)
     topo: Arc<Topology>,
@@ -168,26 +170,37 @@ impl Background {
     pub const MAX_ITERATIONS: u32 = 10_000;
     const PAUSE: Duration = Duration::from_millis(1000);
 
+    /// Builds the lab and starts its traffic.
     pub fn start(kind: LabKind) -> Result<Background> {
-        Self::start_with(kind, "ctlab")
+        let mut b = Self::start_paused(kind, "ctlab")?;
+        b.resume();
+        Ok(b)
     }
 
-    pub fn start_with(kind: LabKind, prefix: &str) -> Result<Background> {
+    /// Builds the lab (namespaces, rules, server) with its traffic held back
+    /// until [`Background::resume`]: a recorder attaches first, so that every
+    /// failure the kernel counts happens while it traces.
+    pub fn start_paused(kind: LabKind, prefix: &str) -> Result<Background> {
         let clients = match kind {
             LabKind::SnatRace => snat::CLIENTS,
             LabKind::InvalidRst => 1,
         };
         let topo = Arc::new(Topology::create(prefix, clients)?);
         let stop: Stop = Arc::new(AtomicBool::new(false));
+        let go: Stop = Arc::new(AtomicBool::new(false));
         let ports = match kind {
             LabKind::SnatRace => snat::server_ports(),
             LabKind::InvalidRst => invalid::server_ports(),
         };
         let srv = server::Server::start(&topo.names.server, ports)?;
         snat::Variant::Deterministic.install(&topo)?;
-        let (t2, s2) = (topo.clone(), stop.clone());
+        let (t2, s2, g2) = (topo.clone(), stop.clone(), go.clone());
         let thread = std::thread::spawn(move || {
             let _srv = srv;
+            let t0 = Instant::now();
+            while !stopped(&g2) && !stopped(&s2) && t0.elapsed() < Background::MAX_TIME {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let r = background_loop(kind, &t2, &s2);
             if let Err(e) = &r {
                 if !stopped(&s2) {
@@ -199,9 +212,25 @@ impl Background {
         Ok(Background {
             node_netns: topo.names.node.clone(),
             stop,
+            go,
             thread: Some(thread),
             topo,
         })
+    }
+
+    /// Lets the traffic run.
+    pub fn resume(&mut self) {
+        self.go.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the traffic and waits for the current iteration to end (a few
+    /// seconds at most); the namespaces stay until drop. A recorder calls this
+    /// before it detaches, so that no failure happens untraced.
+    pub fn stop_traffic(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The node's netns name (what --netns takes).
@@ -251,10 +280,7 @@ fn background_loop(kind: LabKind, t: &Topology, stop: &Stop) -> Result<()> {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop_traffic();
         // `topo` (the last Arc once the thread has ended) deletes the namespaces
     }
 }
