@@ -483,3 +483,50 @@ pub fn print(cases: &[Case]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(config: Config, forged: Forged, invalid: u64, node_rst: u64, client: Fate) -> Case {
+        Case {
+            config,
+            forged,
+            invalid,
+            node_rst,
+            client,
+            client_addr: String::new(),
+            nat_port: 40000,
+            server_port: 9000,
+            seq: 0,
+            ack: 0,
+        }
+    }
+
+    #[test]
+    fn verdict_names_what_the_kernel_did() {
+        // what 6.1, 6.12 and 6.18 do (KERNEL.md §7)
+        let cases = vec![
+            case(Config::Default, Forged::SeqUnder, 0, 0, Fate::Alive),
+            case(Config::Default, Forged::SeqOver, 2, 1, Fate::Reset),
+            case(Config::Default, Forged::AckOver, 2, 1, Fate::Alive),
+            case(Config::BeLiberal, Forged::SeqOver, 0, 0, Fate::Alive),
+            case(Config::InputDrop, Forged::SeqOver, 1, 0, Fate::Alive),
+        ];
+        let v = verdict(&cases);
+        assert!(v.starts_with("this kernel: out-of-window retransmissions (SEQ under lower bound) are IGNORED; SEQ over upper bound is INVALID and resets the connection"), "{v}");
+        assert!(
+            v.contains(
+                "ACK over upper bound is INVALID (the node sends a RST; the client survived)"
+            ),
+            "{v}"
+        );
+        assert!(
+            v.contains("with nf_conntrack_tcp_be_liberal=1: invalid +0, node RSTs 0"),
+            "{v}"
+        );
+        // ≤ 6.0: the retransmission itself is INVALID and resets
+        let old = vec![case(Config::Default, Forged::SeqUnder, 2, 1, Fate::Reset)];
+        assert!(verdict(&old).contains("are INVALID and reset the connection"));
+    }
+}

@@ -262,3 +262,34 @@ pub fn verdict(det: &Phase, real: Option<&Phase>) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(ok: bool, ms: u64) -> Client {
+        Client {
+            local: String::new(),
+            connect_ms: ms,
+            ok,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn connects_fall_into_syn_retransmit_buckets() {
+        assert_eq!(client(true, 3).bucket(), "first");
+        assert_eq!(client(true, 1010).bucket(), "1s");
+        assert_eq!(client(true, 3020).bucket(), "3s");
+        assert_eq!(client(false, 3050).bucket(), "failed");
+    }
+
+    #[test]
+    fn rules_are_single_port_snat_and_plain_masquerade() {
+        assert_eq!(
+            Variant::Deterministic.rule().join(" "),
+            "-j SNAT --to-source 192.0.2.1:40000"
+        );
+        assert_eq!(Variant::Realistic.rule().join(" "), "-j MASQUERADE");
+    }
+}
