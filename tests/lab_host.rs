@@ -294,11 +294,11 @@ fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
     let mut ct = t.node_ctnetlink().unwrap();
     let rec = Rec::start(&t.names.node, "lt-inval");
     let before = ct.per_cpu().unwrap();
-    let rst0 = obs.rsts();
+    let rst0 = obs.rsts().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cases = invalid::run_all(&t, &obs, &mut ct, &stop).unwrap();
     let after = ct.per_cpu().unwrap();
-    let rsts = obs.rsts() - rst0;
+    let rsts = obs.rsts().unwrap() - rst0;
     let rec = rec.stop();
     let own = after.delta(&before).total();
     let k = kernel(&rec);

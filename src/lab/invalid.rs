@@ -13,16 +13,14 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::sock::{self, Segment, Sniffer, ACK, PSH, RST};
-use super::topology::{client_ip, cmd_in, spawn_in, stopped, sysctl, Stop, Topology, SERVER_IP};
+use super::topology::{client_ip, cmd_in, stopped, sysctl, Stop, Topology, SERVER_IP};
 use crate::ctstat::CtNetlink;
 
 /// Server ports of the cases: base + case number % count.
@@ -163,105 +161,83 @@ struct ConnSeq {
     cli_bytes: u64,
 }
 
-/// The lab's observers: a sniffer of the server's connections (server netns)
-/// and a counter of RSTs the node sends (node netns). Stopped on drop.
+/// The lab's observers: an AF_PACKET socket in the server netns (the
+/// connections' seq/ack) and one in the node netns (RSTs the node sends).
+/// They are read on demand, draining what the kernel queued synchronously
+/// when the packets passed, so a count read after a case is complete — no
+/// sniffer thread that might lag behind.
 pub struct Observers {
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<HashMap<u16, ConnSeq>>>,
-    pub node_rsts: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<Result<()>>>,
+    server: Sniffer,
+    node: Sniffer,
+    state: Mutex<ObsState>,
+}
+
+#[derive(Default)]
+struct ObsState {
+    conns: HashMap<u16, ConnSeq>,
+    node_rsts: u64,
 }
 
 impl Observers {
     pub fn start(t: &Topology) -> Result<Observers> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<HashMap<u16, ConnSeq>>> = Arc::default();
-        let node_rsts = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut threads = Vec::new();
-        {
-            let (stop, conns, tx) = (stop.clone(), conns.clone(), tx.clone());
-            threads.push(spawn_in(&t.names.server, move || {
-                let sn =
-                    Sniffer::open().context("opening an AF_PACKET socket in the server netns")?;
-                let _ = tx.send(());
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(s) = sn.next()? else { continue };
-                    let (port, from_server) = if *s.src.ip() == SERVER_IP {
-                        (s.src.port(), true)
-                    } else if *s.dst.ip() == SERVER_IP {
-                        (s.dst.port(), false)
-                    } else {
-                        continue;
+        let server = crate::netns::run_in(&t.names.server, || {
+            Sniffer::open().context("opening an AF_PACKET socket in the server netns")
+        })?;
+        let node = crate::netns::run_in(&t.names.node, || {
+            Sniffer::open().context("opening an AF_PACKET socket in the node netns")
+        })?;
+        Ok(Observers {
+            server,
+            node,
+            state: Mutex::default(),
+        })
+    }
+
+    /// Reads everything queued on both sockets.
+    fn drain(&self) -> Result<std::sync::MutexGuard<'_, ObsState>> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lab observer state poisoned"))?;
+        while let Some(s) = self.server.try_next()? {
+            let (port, from_server) = if *s.src.ip() == SERVER_IP {
+                (s.src.port(), true)
+            } else if *s.dst.ip() == SERVER_IP {
+                (s.dst.port(), false)
+            } else {
+                continue;
+            };
+            let c = st.conns.entry(port).or_default();
+            if from_server {
+                c.srv_next = s.seq_end();
+                c.srv_bytes += s.len as u64;
+            } else {
+                if c.peer != Some(s.src) {
+                    // a new connection on this port starts over
+                    *c = ConnSeq {
+                        peer: Some(s.src),
+                        ..Default::default()
                     };
-                    let mut m = conns.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                    let c = m.entry(port).or_default();
-                    if from_server {
-                        c.srv_next = s.seq_end();
-                        c.srv_bytes += s.len as u64;
-                    } else {
-                        if c.peer != Some(s.src) {
-                            // a new connection on this port starts over
-                            *c = ConnSeq {
-                                peer: Some(s.src),
-                                ..Default::default()
-                            };
-                        }
-                        c.cli_next = s.seq_end();
-                        c.cli_bytes += s.len as u64;
-                    }
                 }
-                Ok(())
-            }));
-        }
-        {
-            let (stop, n, tx) = (stop.clone(), node_rsts.clone(), tx);
-            threads.push(spawn_in(&t.names.node, move || {
-                let sn =
-                    Sniffer::open().context("opening an AF_PACKET socket in the node netns")?;
-                let _ = tx.send(());
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(s) = sn.next()? else { continue };
-                    if s.outgoing && s.flags & RST != 0 && s.ttl == NODE_TTL {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            }));
-        }
-        let mut o = Observers {
-            stop,
-            conns,
-            node_rsts,
-            threads,
-        };
-        for _ in 0..2 {
-            if rx.recv_timeout(Duration::from_secs(5)).is_err() {
-                o.stop.store(true, Ordering::Relaxed);
-                for h in o.threads.drain(..) {
-                    super::topology::join(h)?;
-                }
-                bail!("the lab's packet observers did not start");
+                c.cli_next = s.seq_end();
+                c.cli_bytes += s.len as u64;
             }
         }
-        Ok(o)
-    }
-
-    fn conn(&self, port: u16) -> Option<ConnSeq> {
-        self.conns.lock().ok()?.get(&port).copied()
-    }
-
-    pub fn rsts(&self) -> u64 {
-        self.node_rsts.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Observers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for h in self.threads.drain(..) {
-            let _ = h.join();
+        while let Some(s) = self.node.try_next()? {
+            if s.outgoing && s.flags & RST != 0 && s.ttl == NODE_TTL {
+                st.node_rsts += 1;
+            }
         }
+        Ok(st)
+    }
+
+    fn conn(&self, port: u16) -> Result<Option<ConnSeq>> {
+        Ok(self.drain()?.conns.get(&port).copied())
+    }
+
+    /// RSTs the node's own stack has sent since the observers started.
+    pub fn rsts(&self) -> Result<u64> {
+        Ok(self.drain()?.node_rsts)
     }
 }
 
@@ -319,7 +295,7 @@ pub fn run_case(
     // wait until the sniffer has seen the ping and its echo
     let t0 = Instant::now();
     let c = loop {
-        match obs.conn(port) {
+        match obs.conn(port)? {
             Some(c) if c.srv_bytes >= PING.len() as u64 && c.cli_bytes >= PING.len() as u64 => {
                 break c
             }
@@ -358,7 +334,7 @@ pub fn run_case(
     };
     std::thread::sleep(Duration::from_millis(50));
     let before = super::topology::snapshot(ct)?;
-    let rst0 = obs.rsts();
+    let rst0 = obs.rsts()?;
     let seg2 = seg.clone();
     crate::netns::run_in(&t.names.server, move || {
         sock::send_raw(&seg2).context("sending the forged segment from the server netns")
@@ -373,7 +349,7 @@ pub fn run_case(
         config,
         forged,
         invalid: after.delta(&before).total().invalid,
-        node_rst: obs.rsts() - rst0,
+        node_rst: obs.rsts()? - rst0,
         client,
         client_addr,
         nat_port: peer.port(),

@@ -246,16 +246,13 @@ impl Sniffer {
     pub fn open() -> io::Result<Sniffer> {
         let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
         let fd = new_socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto)?;
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 50_000,
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        // room for everything between two drains
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &(4i32 << 20))?;
         Ok(Sniffer { fd })
     }
 
-    /// The next TCP segment, or None after the 50 ms receive timeout.
-    pub fn next(&self) -> io::Result<Option<Seen>> {
+    /// The next queued TCP segment, or None when nothing is queued.
+    pub fn try_next(&self) -> io::Result<Option<Seen>> {
         let mut buf = [0u8; 2048];
         loop {
             // SAFETY: sockaddr_ll is plain data; all-zero is valid.
@@ -267,7 +264,7 @@ impl Sniffer {
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr() as *mut libc::c_void,
                     buf.len(),
-                    0,
+                    libc::MSG_DONTWAIT,
                     &mut sll as *mut _ as *mut libc::sockaddr,
                     &mut slen,
                 )
