@@ -138,6 +138,7 @@ impl Topology {
             bail!("ctrace lab creates network namespaces: run it as root");
         }
         let names = Names::new(prefix)?;
+        remove_stale(prefix);
         for n in names.all() {
             if Path::new("/run/netns").join(n).exists() {
                 bail!(
@@ -267,6 +268,36 @@ impl Topology {
 pub fn snapshot(ct: &mut CtNetlink) -> Result<Snapshot> {
     ct.per_cpu()
         .context("reading conntrack statistics in the node netns")
+}
+
+/// Removes namespaces that an earlier lab with this prefix left behind when
+/// it was killed outright (SIGKILL runs no cleanup): only names of exactly the
+/// lab's form, `<prefix>-<pid>-{pods,node,srv}`, whose pid no longer runs.
+fn remove_stale(prefix: &str) {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let Some((pid, role)) = rest.split_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !["pods", "node", "srv"].contains(&role) || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("ctrace lab: removing netns {name} left by an earlier lab (pid {pid} is gone)");
+        if let Err(e) = cmd("ip", &["netns", "del", &name]) {
+            eprintln!("ctrace lab: could not remove {name}: {e:#}");
+        }
+    }
 }
 
 fn euid() -> u32 {
