@@ -531,3 +531,106 @@ fn record_lab_demo_agrees_and_cleans_up() {
     assert!(left.is_empty(), "namespaces left by record --lab: {left:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn lab_namespaces(pid: u32) -> Vec<String> {
+    let needle = format!("-{pid}-");
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("lt-cli") && n.contains(&needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `ctrace lab ... --json`: the machine-readable results agree with the
+/// kernel's verdicts, and the namespaces are gone afterwards.
+#[test]
+fn lab_commands_print_json_and_clean_up() {
+    require_host!();
+    let _g = serial();
+    let run = |args: &[&str]| -> (Value, u32) {
+        let child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", out.status);
+        (serde_json::from_slice(&out.stdout).unwrap(), pid)
+    };
+    let (v, pid) = run(&[
+        "lab",
+        "snat-race",
+        "--json",
+        "--rounds",
+        "2",
+        "--prefix",
+        "lt-cli",
+    ]);
+    assert!(lab_namespaces(pid).is_empty());
+    let det = &v["phases"][0];
+    assert_eq!(det["variant"], "deterministic");
+    let failed = det["kernel"]["insert_failed"].as_u64().unwrap();
+    assert!(failed > 0);
+    assert_eq!(det["kernel"]["drop"].as_u64().unwrap(), failed);
+    assert_eq!(det["connects"]["first"], 1);
+    assert_eq!(det["connects"]["failed"], snat::CLIENTS as u64 - 1);
+    assert_eq!(v["phases"][1]["rounds"].as_array().unwrap().len(), 2);
+    assert!(v["verdict"].as_str().unwrap().starts_with("reproduced"));
+
+    let (v, pid) = run(&["lab", "invalid-rst", "--json", "--prefix", "lt-cli"]);
+    assert!(lab_namespaces(pid).is_empty());
+    assert_eq!(v["cases"].as_array().unwrap().len(), 9);
+    if kernel_at_least(6, 1) {
+        assert!(
+            v["verdict"].as_str().unwrap().starts_with(
+                "this kernel: out-of-window retransmissions (SEQ under lower bound) are IGNORED; SEQ over upper bound is INVALID and resets the connection"
+            ),
+            "{}",
+            v["verdict"]
+        );
+    }
+}
+
+/// SIGTERM in the middle of a lab: it stops within one bounded step and
+/// removes its namespaces.
+#[test]
+fn lab_stops_and_cleans_up_on_sigterm() {
+    require_host!();
+    let _g = serial();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
+        .args(["lab", "snat-race", "--rounds", "50", "--prefix", "lt-cli"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let t0 = Instant::now();
+    while lab_namespaces(pid).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "lab did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t1 = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(15),
+            "lab ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("lab exited {st} {:?} after SIGTERM", t1.elapsed());
+    assert_eq!(lab_namespaces(pid), Vec::<String>::new());
+}
