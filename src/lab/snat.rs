@@ -123,6 +123,11 @@ pub fn run_round(t: &Topology, v: Variant, round: u32) -> Result<Round> {
             let fd = crate::netns::enter(&ns)
                 .map_err(|e| format!("{e:#}"))
                 .and_then(|_| sock::prepare_connect(local).map_err(|e| e.to_string()));
+            let bound = fd
+                .as_ref()
+                .ok()
+                .and_then(|f| sock::local_addr(f).ok())
+                .unwrap_or(local);
             start.wait();
             let t0 = Instant::now();
             let r = fd.and_then(|fd| sock::connect_prepared(fd, dst).map_err(|e| e.to_string()));
@@ -143,7 +148,7 @@ pub fn run_round(t: &Topology, v: Variant, round: u32) -> Result<Round> {
                 Err(e) => (false, Some(e)),
             };
             Client {
-                local: local.to_string(),
+                local: bound.to_string(),
                 connect_ms,
                 ok,
                 error,

@@ -70,6 +70,25 @@ pub fn prepare_connect(local: SocketAddrV4) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The address a socket is bound to (bind with port 0 picks the port at once).
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sa and len are valid for getsockname to write.
+    check(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            &mut sa as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    ))
+}
+
 pub fn connect_prepared(fd: OwnedFd, dst: SocketAddrV4) -> io::Result<TcpStream> {
     let sa = sockaddr_in(dst);
     loop {
