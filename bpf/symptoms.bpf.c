@@ -21,11 +21,16 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 	e = ct_reserve(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT);
 	if (!e)
 		return 0;
+	/* a packet without an IPv4/IPv6 header (ARP, bridge) cannot be described:
+	 * submitted, it would not decode and would count as a lost record */
+	if (ct_read_packet(e, skb) < 0) {
+		bpf_ringbuf_discard(e, 0);
+		return 0;
+	}
 	e->netns = netns;
 	e->location = (__u64)location;
 	e->reason = CT_R_DROP_REASON;
 	e->drop_reason = reason;
-	ct_read_packet(e, skb);
 	ct_task(e);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
@@ -45,12 +50,15 @@ static __always_inline void sym_reset(const struct sock *sk, struct sk_buff *skb
 	e = ct_reserve(CT_KIND_HOST_RST, source);
 	if (!e)
 		return;
+	if (ct_read_packet(e, skb) < 0) {
+		bpf_ringbuf_discard(e, 0);
+		return;
+	}
 	e->netns = netns;
 	if (has_reason) {
 		e->reason = CT_R_RST_REASON;
 		e->drop_reason = reason;
 	}
-	ct_read_packet(e, skb);
 	ct_task(e);
 	bpf_ringbuf_submit(e, 0);
 }

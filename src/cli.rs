@@ -178,8 +178,8 @@ pub struct LabArgs {
     /// Prefix for the namespaces the lab creates (must not exist yet).
     #[arg(long, default_value = "ctlab")]
     pub prefix: String,
-    /// Rounds of traffic (snat-race).
-    #[arg(long, default_value_t = 1)]
+    /// Rounds of the realistic (MASQUERADE) snat-race phase (1-200).
+    #[arg(long, default_value_t = 10)]
     pub rounds: u32,
     /// Keep running the traffic in a loop until Ctrl-C (used by --lab demos).
     #[arg(long)]

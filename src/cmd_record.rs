@@ -30,8 +30,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         None => Writer::stdout(),
     };
     let stop = stop_on_signals()?;
-    let lab = match a.lab {
-        Some(kind) => Some(crate::lab::Background::start(kind)?),
+    let mut lab = match a.lab {
+        // traffic starts once the probes are attached
+        Some(kind) => Some(crate::lab::Background::start_paused(kind, "ctlab")?),
         None => None,
     };
     let mut cfg = SessionConfig::from(&a.trace);
@@ -39,6 +40,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         cfg.netns = Some(l.node_netns().to_string());
     }
     let session = Session::start(&cfg)?;
+    if let Some(l) = lab.as_mut() {
+        l.resume();
+    }
     let progress = !a.quiet && std::io::stderr().is_terminal();
     for n in &session.notes {
         eprintln!("ctrace: note: {n}");
@@ -103,6 +107,10 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             );
             let _ = std::io::stderr().flush();
         }
+    }
+    // the lab's traffic ends before the probes detach: nothing it causes goes untraced
+    if let Some(l) = lab.as_mut() {
+        l.stop_traffic();
     }
     let fin = session.finish()?;
     if let Some(err) = write_err {

@@ -108,8 +108,8 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
@@ -127,11 +127,30 @@ impl CtNetlink {
             .context("binding the netfilter netlink socket")?;
         sock.connect(&SocketAddr::new(0, 0))
             .context("connecting the netfilter netlink socket")?;
+        // a reply that never comes must not hang the caller
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: tv is a live timeval of the size passed; the fd is the socket's.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error()).context("setting a ctnetlink receive timeout");
+        }
         Ok(CtNetlink { sock, seq: 1 })
     }
 
-    /// Sends one request; a dump ends with NLMSG_DONE, a plain request with
-    /// its acknowledgement (NLMSG_ERROR 0).
+    /// `dump`: a multi-part answer ended by NLMSG_DONE. Otherwise the kernel
+    /// answers with one message and no DONE (ctnetlink_stat_ct): ask for an
+    /// ACK, which ends the answer, or the read waits forever.
     fn request(&mut self, msg_type: u16, dump: bool) -> Result<Vec<Vec<u8>>> {
         self.seq += 1;
         let mut req = Vec::with_capacity(20);

@@ -1,10 +1,155 @@
-//! `ctrace lab`: reproduce both failures in throwaway network namespaces.
-use anyhow::{bail, Result};
+//! `ctrace lab`: reproduce both failures in throwaway network namespaces
+//! (pods → node with SNAT/MASQUERADE → server), driven by compiled traffic
+//! generators running on threads inside those namespaces, and measured with
+//! the kernel's own counters in the node netns.
+//!
+//! Cleanup on every exit path: the namespaces belong to a [`Topology`] whose
+//! Drop deletes them (normal end, error, panic); Ctrl-C and SIGTERM set a flag
+//! that every loop checks, so the run unwinds through those Drops.
 
-use crate::cli::LabArgs;
+pub mod invalid;
+pub mod server;
+pub mod snat;
+pub mod sock;
+pub mod topology;
 
-pub fn run(_a: &LabArgs) -> Result<i32> {
-    bail!("ctrace lab is not built yet")
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::cli::{LabArgs, LabKind};
+use topology::{stopped, Stop, Topology};
+
+/// Upper bound on `--rounds`.
+pub const MAX_ROUNDS: u32 = 200;
+
+fn signal_stop() -> Result<Stop> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing a signal handler")?;
+    }
+    Ok(stop)
+}
+
+pub fn run(a: &LabArgs) -> Result<i32> {
+    if a.rounds == 0 || a.rounds > MAX_ROUNDS {
+        anyhow::bail!("--rounds must be between 1 and {MAX_ROUNDS}");
+    }
+    let stop = signal_stop()?;
+    if a.repeat {
+        let mut bg = Background::start_paused(a.kind, &a.prefix)?;
+        bg.resume();
+        eprintln!(
+            "ctrace lab: {:?} traffic running; node netns {} (trace it with --netns {}); Ctrl-C stops",
+            a.kind,
+            bg.node_netns(),
+            bg.node_netns()
+        );
+        let t0 = Instant::now();
+        while !stopped(&stop) && !bg.finished() && t0.elapsed() < Background::MAX_TIME {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(bg);
+        return Ok(crate::exit::OK);
+    }
+    match a.kind {
+        LabKind::SnatRace => run_snat(a, &stop),
+        LabKind::InvalidRst => run_invalid(a, &stop),
+    }
+}
+
+fn kernel_json(k: &crate::ctstat::CpuStats) -> serde_json::Value {
+    json!({
+        "insert_failed": k.insert_failed,
+        "drop": k.drop,
+        "invalid": k.invalid,
+        "clash_resolve": k.clash_resolve,
+    })
+}
+
+fn run_snat(a: &LabArgs, stop: &Stop) -> Result<i32> {
+    let t = Topology::create(&a.prefix, snat::CLIENTS)?;
+    let _srv = server::Server::start(&t.names.server, snat::server_ports())?;
+    let mut ct = t.node_ctnetlink()?;
+    if !a.json {
+        println!(
+            "lab: {} → {} (SNAT) → {}; {} clients",
+            t.names.pods,
+            t.names.node,
+            t.names.server,
+            snat::CLIENTS
+        );
+    }
+    let det = snat::run_phase(&t, &mut ct, snat::Variant::Deterministic, 1, 0, stop)?;
+    if !a.json {
+        det.print();
+    }
+    let real = snat::run_phase(&t, &mut ct, snat::Variant::Realistic, a.rounds, 1, stop)?;
+    if !a.json {
+        real.print();
+    }
+    let verdict = snat::verdict(&det, Some(&real));
+    if a.json {
+        let phases: Vec<serde_json::Value> = [&det, &real]
+            .iter()
+            .map(|p| {
+                json!({
+                    "variant": p.variant,
+                    "rule": p.rule,
+                    "rounds": p.rounds,
+                    "connects": p.connects,
+                    "kernel": kernel_json(&p.kernel),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "lab": "snat-race",
+                "kernel": crate::sys::kernel_release(),
+                "node_netns": t.names.node,
+                "phases": phases,
+                "verdict": verdict,
+            }))?
+        );
+    } else {
+        println!("verdict: {verdict}");
+    }
+    Ok(crate::exit::OK)
+}
+
+fn run_invalid(a: &LabArgs, stop: &Stop) -> Result<i32> {
+    let t = Topology::create(&a.prefix, 1)?;
+    let _srv = server::Server::start(&t.names.server, invalid::server_ports())?;
+    snat::Variant::Deterministic.install(&t)?;
+    let obs = invalid::Observers::start(&t)?;
+    let mut ct = t.node_ctnetlink()?;
+    let cases = invalid::run_all(&t, &obs, &mut ct, stop)?;
+    let verdict = invalid::verdict(&cases);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "lab": "invalid-rst",
+                "kernel": crate::sys::kernel_release(),
+                "node_netns": t.names.node,
+                "cases": cases,
+                "verdict": verdict,
+            }))?
+        );
+    } else {
+        println!(
+            "lab: {} → {} (SNAT) → {}; one forged segment per fresh connection, from the server",
+            t.names.pods, t.names.node, t.names.server
+        );
+        invalid::print(&cases);
+        println!("verdict: {verdict}");
+    }
+    Ok(crate::exit::OK)
 }
 
 /// A lab running in the background while ctrace traces its node (the built-in
@@ -12,15 +157,130 @@ pub fn run(_a: &LabArgs) -> Result<i32> {
 /// traffic and removes every namespace, rule and link it made.
 pub struct Background {
     node_netns: String,
+    stop: Stop,
+    go: Stop,
+    thread: Option<JoinHandle<Result<()>>>,
+    // dropped after the traffic thread has ended (field order = drop order)
+    topo: Arc<Topology>,
 }
 
 impl Background {
-    pub fn start(_kind: crate::cli::LabKind) -> Result<Background> {
-        bail!("ctrace lab is not built yet")
+    /// The traffic loop ends by itself after this long or this many iterations.
+    pub const MAX_TIME: Duration = Duration::from_secs(3600);
+    pub const MAX_ITERATIONS: u32 = 10_000;
+    const PAUSE: Duration = Duration::from_millis(1000);
+
+    /// Builds the lab and starts its traffic.
+    pub fn start(kind: LabKind) -> Result<Background> {
+        let mut b = Self::start_paused(kind, "ctlab")?;
+        b.resume();
+        Ok(b)
+    }
+
+    /// Builds the lab (namespaces, rules, server) with its traffic held back
+    /// until [`Background::resume`]: a recorder attaches first, so that every
+    /// failure the kernel counts happens while it traces.
+    pub fn start_paused(kind: LabKind, prefix: &str) -> Result<Background> {
+        let clients = match kind {
+            LabKind::SnatRace => snat::CLIENTS,
+            LabKind::InvalidRst => 1,
+        };
+        let topo = Arc::new(Topology::create(prefix, clients)?);
+        let stop: Stop = Arc::new(AtomicBool::new(false));
+        let go: Stop = Arc::new(AtomicBool::new(false));
+        let ports = match kind {
+            LabKind::SnatRace => snat::server_ports(),
+            LabKind::InvalidRst => invalid::server_ports(),
+        };
+        let srv = server::Server::start(&topo.names.server, ports)?;
+        snat::Variant::Deterministic.install(&topo)?;
+        let (t2, s2, g2) = (topo.clone(), stop.clone(), go.clone());
+        let thread = std::thread::spawn(move || {
+            let _srv = srv;
+            let t0 = Instant::now();
+            while !stopped(&g2) && !stopped(&s2) && t0.elapsed() < Background::MAX_TIME {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let r = background_loop(kind, &t2, &s2);
+            if let Err(e) = &r {
+                if !stopped(&s2) {
+                    eprintln!("ctrace lab: background traffic stopped: {e:#}");
+                }
+            }
+            r
+        });
+        Ok(Background {
+            node_netns: topo.names.node.clone(),
+            stop,
+            go,
+            thread: Some(thread),
+            topo,
+        })
+    }
+
+    /// Lets the traffic run.
+    pub fn resume(&mut self) {
+        self.go.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the traffic and waits for the current iteration to end (a few
+    /// seconds at most); the namespaces stay until drop. A recorder calls this
+    /// before it detaches, so that no failure happens untraced.
+    pub fn stop_traffic(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The node's netns name (what --netns takes).
     pub fn node_netns(&self) -> &str {
         &self.node_netns
+    }
+
+    /// The node netns's inode (events' `netns`).
+    pub fn node_inode(&self) -> u32 {
+        self.topo.node_inode
+    }
+
+    /// Whether the traffic loop has ended (bounds reached or an error).
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().map_or(true, |t| t.is_finished())
+    }
+}
+
+fn background_loop(kind: LabKind, t: &Topology, stop: &Stop) -> Result<()> {
+    let t0 = Instant::now();
+    let mut ct = t.node_ctnetlink()?;
+    let obs = match kind {
+        LabKind::InvalidRst => Some(invalid::Observers::start(t)?),
+        LabKind::SnatRace => None,
+    };
+    let mut i = 0u32;
+    while !stopped(stop) && i < Background::MAX_ITERATIONS && t0.elapsed() < Background::MAX_TIME {
+        match (kind, &obs) {
+            (LabKind::SnatRace, _) => {
+                snat::run_round(t, snat::Variant::Deterministic, i)?;
+            }
+            (LabKind::InvalidRst, Some(o)) => {
+                let f = invalid::Forged::ALL[(i % 3) as usize];
+                invalid::run_case(t, o, &mut ct, invalid::Config::Default, f, i)?;
+            }
+            (LabKind::InvalidRst, None) => anyhow::bail!("no packet observers"),
+        }
+        i += 1;
+        // pause, staying responsive to stop
+        let p = Instant::now();
+        while p.elapsed() < Background::PAUSE && !stopped(stop) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop_traffic();
+        // `topo` (the last Arc once the thread has ended) deletes the namespaces
     }
 }
