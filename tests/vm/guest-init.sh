@@ -1,5 +1,5 @@
 #!/bin/sh
-# /init of the VM matrix's initramfs (tests/vm/run-matrix.sh builds it).
+# /init of the VM matrix's initramfs (tests/vm/matrix builds it).
 # Runs under busybox sh inside Debian's own kernel. The host reads results from
 # the second serial port (/dev/ttyS1): "@@ ..." result lines and files framed by
 # "@@FILE name" / base64 / "@@EOF". The console (ttyS0) only shows progress.
@@ -101,6 +101,10 @@ lab_up() {
     ns node sysctl -qw net.ipv4.ip_forward=1 || return 1
     ns node iptables -t nat -A POSTROUTING -o n1 -p tcp -j SNAT --to-source 10.0.2.1:40000 || return 1
     ns cli sysctl -qw net.ipv4.tcp_syn_retries=1 || return 1
+    # the kernel's own words for each INVALID packet (in dmesg), to compare with
+    # ctrace's reasons; inside a netns only while nf_log_all_netns is set
+    sysctl -qw net.netfilter.nf_log_all_netns=1 || return 1
+    ns node sysctl -qw net.netfilter.nf_conntrack_log_invalid=6 || return 1
     ns srv burst listen 10.0.2.2 80 &
     SRV_PID=$!
     # resolve neighbours before tracing (ICMP is not NATed by the tcp rule)
@@ -108,14 +112,32 @@ lab_up() {
     ns node iptables -t nat -S || return 1
 }
 
-# record MODE: ctrace record around the SNAT traffic; the trailer carries the
-# kernel's own counter deltas for the node netns.
+# The two scenarios, each inside its own recording.
+# snat: CLIENTS connects at once through the one-port SNAT: all but the first
+# lose at confirm (insert_failed, SYN dropped, retransmitted once, dropped again).
+traffic_snat() {
+    ns cli burst connect 10.0.2.2 80 "$CLIENTS" "$CONNECT_SECS"
+}
+# invalid: one connection (another server port: no clash with the snat winner),
+# then the server forges a segment with SEQ far over the window. Conntrack calls
+# it INVALID, it escapes de-NAT, the node answers with a RST (INVALID too).
+traffic_invalid() {
+    ns srv burst forge 10.0.2.2 81 1 &
+    f=$!
+    sleep 1
+    ns cli burst connect 10.0.2.2 81 1 5 4
+    wait $f
+}
+
+# record MODE SCENARIO: ctrace record around traffic_SCENARIO; the trailer
+# carries the kernel's own counter deltas for the node netns.
 record() {
-    m=$1
-    out=/tmp/rec-$m.jsonl
-    ns node conntrack -S >/tmp/ctstat-before-$m.txt 2>&1
+    m=$1 sc=$2
+    out=/tmp/rec-$m-$sc.jsonl
+    ns node conntrack -S >/tmp/ctstat-before-$m-$sc.txt 2>&1
+    dmesg -c >/dev/null
     s=$(up)
-    ctrace record --mode "$m" --netns node -q -o "$out" 2>/tmp/rec-$m.err &
+    ctrace record --mode "$m" --netns node -q -o "$out" 2>/tmp/rec-$m-$sc.err &
     pid=$!
     i=0
     while [ ! -s "$out" ] && kill -0 $pid 2>/dev/null && [ $i -lt 1200 ]; do
@@ -125,30 +147,35 @@ record() {
     if [ ! -s "$out" ]; then
         wait $pid
         rc=$?
-        say "RECORD mode=$m rc=$rc attach_secs=- traffic_secs=- stop_secs=-"
-        emit rec-$m.err /tmp/rec-$m.err
+        say "RECORD mode=$m scenario=$sc rc=$rc attach_secs=- traffic_secs=- stop_secs=-"
+        emit rec-$m-$sc.err /tmp/rec-$m-$sc.err
         return 1
     fi
-    ns cli burst connect 10.0.2.2 80 "$CLIENTS" "$CONNECT_SECS" >/tmp/traffic-$m.out 2>&1
+    traffic_$sc >/tmp/traffic-$m-$sc.out 2>&1
     b=$(up)
     sleep 1
     kill -TERM $pid
     wait $pid
     rc=$?
     e=$(up)
-    ns node conntrack -S >/tmp/ctstat-after-$m.txt 2>&1
-    say "RECORD mode=$m rc=$rc attach_secs=$(awk "BEGIN{printf \"%.2f\", $a-$s}") traffic_secs=$(awk "BEGIN{printf \"%.2f\", $b-$a}") stop_secs=$(awk "BEGIN{printf \"%.2f\", $e-$b}") traffic=\"$(cat /tmp/traffic-$m.out)\""
-    for f in rec-$m.jsonl rec-$m.err traffic-$m.out ctstat-before-$m.txt ctstat-after-$m.txt; do
+    ns node conntrack -S >/tmp/ctstat-after-$m-$sc.txt 2>&1
+    dmesg | grep 'nf_ct_proto_' >/tmp/klog-$m-$sc.txt
+    say "RECORD mode=$m scenario=$sc rc=$rc attach_secs=$(awk "BEGIN{printf \"%.2f\", $a-$s}") traffic_secs=$(awk "BEGIN{printf \"%.2f\", $b-$a}") stop_secs=$(awk "BEGIN{printf \"%.2f\", $e-$b}") traffic=\"$(tr '\n' ' ' </tmp/traffic-$m-$sc.out)\""
+    for f in rec-$m-$sc.jsonl rec-$m-$sc.err traffic-$m-$sc.out ctstat-before-$m-$sc.txt ctstat-after-$m-$sc.txt klog-$m-$sc.txt; do
         emit $f /tmp/$f
     done
     return $rc
 }
 
+# VM_EXTRA (host env): a debugging command run here after the feature capture.
+[ -n "$EXTRA" ] && step extra sh -c "$EXTRA"
+
 for m in $MODES; do
-    step probes-$m ctrace probes --mode "$m" --json
+    # CTRACE_DEBUG: libbpf's log (a refused load's verifier log) lands in probes-M.err
+    step probes-$m env CTRACE_DEBUG=1 ctrace probes --mode "$m" --json
     lab_down
     step lab-$m lab_up
-    record "$m"
+    for sc in $SCENARIOS; do record "$m" "$sc"; done
     lab_down
 done
 
