@@ -29,6 +29,7 @@ enum ct_reason {
 	CT_R_WIN_TEXT = 10,          /* the kernel's own log text is in reason_text */
 	CT_R_WIN_NO_CT = 11,         /* stable: TCP packet left without a ct after conntrack */
 	CT_R_WIN_UNLOGGED = 12,      /* nf_conntrack_tcp_packet said INVALID without a window log */
+	CT_R_WIN_NOTEXT = 13,        /* window verdict seen, its text not readable (fentry) */
 	CT_R_DROP_REASON = 20,       /* kfree_skb: value in drop_reason */
 	CT_R_RST_REASON = 21,        /* tcp_send_reset: value in drop_reason (enum sk_rst_reason) */
 };

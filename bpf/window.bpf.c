@@ -63,14 +63,15 @@ static __always_inline void win_log(const struct ip_ct_tcp_state *sender, int pr
 	s->ev.verdict = proposed;
 	s->ev.final_verdict = proposed;
 	s->ev.bound = bound;
-	s->ev.reason = CT_R_WIN_TEXT;
+	s->ev.reason = fmt ? CT_R_WIN_TEXT : CT_R_WIN_NOTEXT;
 	if (sender) {
 		s->ev.td_end = BPF_CORE_READ(sender, td_end);
 		s->ev.td_maxend = BPF_CORE_READ(sender, td_maxend);
 		s->ev.td_maxwin = BPF_CORE_READ(sender, td_maxwin);
 		s->ev.flags |= CT_F_WINDOW;
 	}
-	bpf_probe_read_kernel_str(s->ev.reason_text, sizeof(s->ev.reason_text), fmt);
+	if (fmt)
+		bpf_probe_read_kernel_str(s->ev.reason_text, sizeof(s->ev.reason_text), fmt);
 }
 
 static __always_inline void win_log_final(int final)
@@ -143,7 +144,7 @@ static __always_inline void win_exit(int ret, __u8 source)
 	if (ret > 0 && kind == CT_KIND_TCP_INVALID)
 		e->flags |= CT_F_MASKED;
 	if (s->logged) {
-		e->reason = CT_R_WIN_TEXT;
+		e->reason = s->ev.reason;
 		__builtin_memcpy(e->reason_text, s->ev.reason_text, sizeof(e->reason_text));
 	} else {
 		e->reason = CT_R_WIN_UNLOGGED;
@@ -168,14 +169,25 @@ int BPF_PROG(win_fexit, struct nf_conn *ct, struct sk_buff *skb, unsigned int da
 	return 0;
 }
 
-/* Refused at load where the kernel's nf_tcp_log_invalid is variadic (6.1). */
+/* Refused at load where the kernel's BTF marks nf_tcp_log_invalid variadic
+ * (6.1: EINVAL). Where it loads (Debian 6.12) the BTF shows five arguments,
+ * without fmt: so the arguments are read by index, as many as there are, and
+ * the reason text only when the kernel exposes it. */
 SEC("fexit/nf_tcp_log_invalid")
-int BPF_PROG(win_log_fexit, const struct sk_buff *skb, const struct nf_conn *ct,
-	     const struct nf_hook_state *state, const struct ip_ct_tcp_state *sender,
-	     enum nf_ct_tcp_action ret, const char *fmt, enum nf_ct_tcp_action final)
+int win_log_fexit(__u64 *ctx)
 {
-	win_log(sender, ret, fmt, 0);
-	win_log_final(final);
+	__u64 nargs = bpf_get_func_arg_cnt(ctx);
+	__u64 sender = 0, proposed = 0, fmt = 0, final = 0;
+
+	if (nargs < 5)
+		return 0;
+	bpf_get_func_arg(ctx, 3, &sender);
+	bpf_get_func_arg(ctx, 4, &proposed);
+	if (nargs >= 6)
+		bpf_get_func_arg(ctx, 5, &fmt);
+	bpf_get_func_ret(ctx, &final);
+	win_log((const struct ip_ct_tcp_state *)sender, (int)proposed, (const char *)fmt, 0);
+	win_log_final((int)final);
 	return 0;
 }
 

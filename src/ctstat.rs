@@ -109,6 +109,7 @@ const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_ACK: u16 = 4;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
@@ -129,13 +130,16 @@ impl CtNetlink {
         Ok(CtNetlink { sock, seq: 1 })
     }
 
-    fn request(&mut self, msg_type: u16) -> Result<Vec<Vec<u8>>> {
+    /// Sends one request; a dump ends with NLMSG_DONE, a plain request with
+    /// its acknowledgement (NLMSG_ERROR 0).
+    fn request(&mut self, msg_type: u16, dump: bool) -> Result<Vec<Vec<u8>>> {
         self.seq += 1;
         let mut req = Vec::with_capacity(20);
         let len: u32 = 16 + 4;
         req.extend_from_slice(&len.to_ne_bytes());
         req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
-        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        req.extend_from_slice(&flags.to_ne_bytes());
         req.extend_from_slice(&self.seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
         // struct nfgenmsg { family AF_UNSPEC, version NFNETLINK_V0, res_id 0 }
@@ -182,7 +186,7 @@ impl CtNetlink {
 
     /// Every CPU's counters (`conntrack -S`).
     pub fn per_cpu(&mut self) -> Result<Snapshot> {
-        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS_CPU)?;
+        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS_CPU, true)?;
         let mut per_cpu = Vec::with_capacity(msgs.len());
         for m in msgs {
             per_cpu.push(parse_cpu(&m)?);
@@ -193,7 +197,7 @@ impl CtNetlink {
 
     /// (entries, max entries) of this netns's table (`conntrack -C`).
     pub fn table_fill(&mut self) -> Result<(u64, u64)> {
-        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS)?;
+        let msgs = self.request(IPCTNL_MSG_CT_GET_STATS, false)?;
         let mut count = 0;
         let mut max = 0;
         for m in msgs {

@@ -359,6 +359,8 @@ pub fn reason_text(code: u32, kernel_text: &str, bound: u32, value: Option<Strin
             "no conntrack entry after conntrack: INVALID (stable mode cannot see the reason)".into()
         }
         12 => "INVALID (the kernel logged no reason)".into(),
+        13 => "out of window (fentry cannot read the kernel's reason text here: use --mode kprobe)"
+            .into(),
         20 | 21 => value.unwrap_or_default(),
         n => format!("reason {n}"),
     }
@@ -406,7 +408,7 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         _ => None,
     };
     let is_window = matches!(kind, Kind::TcpInvalid | Kind::TcpIgnored | Kind::TcpLiberal);
-    let logged = raw.reason == 10;
+    let logged = raw.reason == 10 || raw.reason == 13;
     let tcp = (raw.proto == 6 && kind != Kind::NatAlloc && kind != Kind::InsertFailed || is_window)
         .then(|| {
             let w = flags & F_WINDOW != 0;

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod ctstat;
 pub mod event;
 pub mod netns;
+pub mod node;
 pub mod pipeline;
 pub mod probe;
 pub mod record;

@@ -102,6 +102,14 @@ impl Session {
         }
         let probes = load::attach_plan(&plan, &lcfg)?;
         let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
+        let t = baseline.total();
+        if t.found + t.invalid + t.insert_failed + t.drop + t.clash_resolve == 0
+            && ct.table_fill().map(|(n, _)| n).unwrap_or(0) == 0
+        {
+            notes.push(format!(
+                "conntrack has tracked nothing in netns {netns} yet: if no NAT or conntrack rule lives here, there is nothing to see (choose the NAT netns with --netns)"
+            ));
+        }
         for pp in &plan.probes {
             if pp.chosen.is_none() {
                 notes.push(format!(

@@ -19,10 +19,18 @@ pub const FAILURES: [Kind; 5] = [
 /// A bounded heavy-hitters counter (Space-Saving): at most `cap` keys are kept;
 /// a new key evicts the smallest and inherits its count as the error bound.
 /// Counts are exact while fewer than `cap` distinct keys have been seen.
+///
+/// Eviction is amortized O(1): once full, the minimum count never decreases,
+/// so one scan collects every key at the minimum and they are evicted in turn
+/// (skipping those that have grown since) until none is left.
 #[derive(Clone, Debug)]
 pub struct TopK<K: Eq + Hash + Clone> {
     cap: usize,
     counts: HashMap<K, (u64, u64)>, // key -> (count, overestimate)
+    /// Keys that had the minimum count `evict_min` at the last scan, in key
+    /// order: the next victim is popped from the end (ties: the largest key).
+    evict: Vec<K>,
+    evict_min: u64,
 }
 
 impl<K: Eq + Hash + Clone + Ord> TopK<K> {
@@ -30,6 +38,8 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
         TopK {
             cap: cap.max(1),
             counts: HashMap::with_capacity(cap),
+            evict: Vec::new(),
+            evict_min: 0,
         }
     }
 
@@ -43,16 +53,36 @@ impl<K: Eq + Hash + Clone + Ord> TopK<K> {
             return;
         }
         // evict the smallest (ties: the largest key, for determinism)
-        let Some((victim, (min, _))) = self
-            .counts
-            .iter()
-            .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(a.0)))
-            .map(|(k, v)| (k.clone(), *v))
-        else {
-            return;
-        };
-        self.counts.remove(&victim);
-        self.counts.insert(k, (min + n, min));
+        loop {
+            let Some(victim) = self.evict.pop() else {
+                let Some(min) = self.counts.values().map(|c| c.0).min() else {
+                    return;
+                };
+                self.evict = self
+                    .counts
+                    .iter()
+                    .filter(|(_, c)| c.0 == min)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                self.evict.sort_unstable();
+                self.evict_min = min;
+                continue;
+            };
+            if self
+                .counts
+                .get(&victim)
+                .is_some_and(|c| c.0 == self.evict_min)
+            {
+                self.counts.remove(&victim);
+                let min = self.evict_min;
+                self.counts.insert(k, (min + n, min));
+                if n == 0 {
+                    // the new key is itself at the minimum: scan again next time
+                    self.evict.clear();
+                }
+                return;
+            }
+        }
     }
 
     /// The top `n`: (key, count, overestimate), largest first.
@@ -98,6 +128,10 @@ pub struct Stats {
     pub first_ts_ns: Option<u64>,
     pub last_ts_ns: Option<u64>,
     pub netns: BTreeMap<u32, u64>,
+    /// Events whose reason (or netns) did not fit the bounded maps above:
+    /// counted, so that a cap is never silent.
+    pub reasons_overflow: u64,
+    pub netns_overflow: u64,
 }
 
 /// A flow as an ordered key.
@@ -131,6 +165,8 @@ impl Stats {
             first_ts_ns: None,
             last_ts_ns: None,
             netns: BTreeMap::new(),
+            reasons_overflow: 0,
+            netns_overflow: 0,
         }
     }
 
@@ -147,6 +183,8 @@ impl Stats {
             let key = (e.kind, e.reason.clone());
             if self.reasons.len() < MAX_REASONS || self.reasons.contains_key(&key) {
                 *self.reasons.entry(key).or_default() += 1;
+            } else {
+                self.reasons_overflow += 1;
             }
         }
         if FAILURES.contains(&e.kind) {
@@ -159,6 +197,8 @@ impl Stats {
         }
         if self.netns.len() < MAX_NETNS || self.netns.contains_key(&e.netns) {
             *self.netns.entry(e.netns).or_default() += 1;
+        } else {
+            self.netns_overflow += 1;
         }
         self.first_ts_ns = Some(self.first_ts_ns.map_or(e.ts_ns, |t| t.min(e.ts_ns)));
         self.last_ts_ns = Some(self.last_ts_ns.map_or(e.ts_ns, |t| t.max(e.ts_ns)));
@@ -215,5 +255,52 @@ mod tests {
         assert_eq!(t.len(), 3);
         // a key above N/cap survives any flood (Space-Saving's guarantee)
         assert_eq!(t.top(1)[0].0, 1);
+    }
+
+    /// The eviction shortcut gives exactly what a full scan per eviction gives.
+    #[test]
+    fn topk_matches_a_full_scan_per_eviction() {
+        fn naive(cap: usize, stream: &[(u32, u64)]) -> Vec<(u32, u64, u64)> {
+            let mut m: HashMap<u32, (u64, u64)> = HashMap::new();
+            for &(k, n) in stream {
+                if let Some(c) = m.get_mut(&k) {
+                    c.0 += n;
+                } else if m.len() < cap {
+                    m.insert(k, (n, 0));
+                } else {
+                    let (v, (min, _)) = m
+                        .iter()
+                        .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(a.0)))
+                        .map(|(k, v)| (*k, *v))
+                        .unwrap();
+                    m.remove(&v);
+                    m.insert(k, (min + n, min));
+                }
+            }
+            let mut v: Vec<_> = m.into_iter().map(|(k, (c, e))| (k, c, e)).collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            v
+        }
+        // a small deterministic pseudo-random stream with heavy hitters
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut stream = Vec::new();
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = if i % 3 == 0 {
+                (x % 5) as u32
+            } else {
+                (x % 400) as u32
+            };
+            stream.push((k, 1 + (x >> 60) % 3 * (i % 2)));
+        }
+        for cap in [1, 7, 64] {
+            let mut t = TopK::new(cap);
+            for &(k, n) in &stream {
+                t.add(k, n);
+            }
+            assert_eq!(t.top(cap), naive(cap, &stream), "cap {cap}");
+        }
     }
 }

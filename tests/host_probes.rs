@@ -155,6 +155,17 @@ fn record_then_signal(sig: nix::sys::signal::Signal) {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // a failed assertion must not leave the recorder running
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _reap = Reap(pid);
     // attached once the header is written
     let t0 = Instant::now();
     while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {

@@ -54,8 +54,12 @@ impl Features {
 
     /// None: not tried yet. Some(Ok) loaded. Some(Err(why)).
     pub fn load(&self, p: Probe, f: Flavour) -> Option<Result<(), String>> {
+        self.load_named(&load_key(p, f))
+    }
+
+    pub fn load_named(&self, key: &str) -> Option<Result<(), String>> {
         self.loads
-            .get(&load_key(p, f))
+            .get(key)
             .map(|v| if v == "ok" { Ok(()) } else { Err(v.clone()) })
     }
 }
@@ -131,9 +135,7 @@ pub fn detect_all() -> Features {
     let cfg = super::load::Config::default();
     for p in Probe::ALL {
         for fl in [Flavour::Fentry, Flavour::Kprobe, Flavour::Stable] {
-            let r = super::load::try_load(p, fl, &f, &cfg);
-            f.loads
-                .insert(load_key(p, fl), r.err().unwrap_or_else(|| "ok".into()));
+            super::load::try_load_into(p, fl, &mut f, &cfg);
         }
     }
     f

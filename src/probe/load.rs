@@ -140,6 +140,31 @@ pub fn try_load(p: Probe, fl: Flavour, f: &Features, cfg: &Config) -> Result<(),
         .map_err(|e| short_error(&e))
 }
 
+/// Tries a probe's load in a flavour and records the answer in `f`. The fentry
+/// window probe's log hook is optional: when the whole set fails, the set
+/// without it is tried, and the log hook's failure is recorded on its own.
+pub fn try_load_into(p: Probe, fl: Flavour, f: &mut Features, cfg: &Config) {
+    let key = features::load_key(p, fl);
+    let with_log = plan::programs(p, fl, f).contains(&"win_log_fexit");
+    let r = try_load(p, fl, f, cfg);
+    match r {
+        Ok(()) => {
+            if with_log {
+                f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), "ok".into());
+            }
+            f.loads.insert(key, "ok".into());
+        }
+        Err(e) if with_log => {
+            f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), e);
+            let r2 = try_load(p, fl, f, cfg);
+            f.loads.insert(key, r2.err().unwrap_or_else(|| "ok".into()));
+        }
+        Err(e) => {
+            f.loads.insert(key, e);
+        }
+    }
+}
+
 /// "EPERM (Operation not permitted)" and the like, from a libbpf error chain.
 fn short_error(e: &anyhow::Error) -> String {
     let s = format!("{e:#}");
@@ -269,6 +294,7 @@ impl Loaded {
                 }
             }
         }
+        notes.dedup();
         self.links = links;
         self.notes = notes;
         Ok(())
@@ -308,8 +334,7 @@ pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
             if f.loads.contains_key(&key) {
                 continue;
             }
-            let r = try_load(pp.probe, fl, &f, cfg);
-            f.loads.insert(key, r.err().unwrap_or_else(|| "ok".into()));
+            try_load_into(pp.probe, fl, &mut f, cfg);
             changed = true;
         }
         if !changed {

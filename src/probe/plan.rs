@@ -35,6 +35,10 @@ pub struct Plan {
     pub probes: Vec<ProbePlan>,
 }
 
+/// The load key of fexit nf_tcp_log_invalid, the optional part of the fentry
+/// window probe (refused where the kernel's BTF marks the function variadic).
+pub const WINDOW_FENTRY_LOG: &str = "window:fentry-log";
+
 /// The programs of `probe` in `flavour` on a kernel with `f`: what a load
 /// attempt and the final load both use.
 pub fn programs(probe: Probe, fl: Flavour, f: &Features) -> Vec<&'static str> {
@@ -47,7 +51,15 @@ pub fn programs(probe: Probe, fl: Flavour, f: &Features) -> Vec<&'static str> {
         (Probe::Confirm, Flavour::Stable) => {
             vec!["confirm_nf", "confirm_kfree_skb", "confirm_consume_skb"]
         }
-        (Probe::Window, Flavour::Fentry) => vec!["win_fentry", "win_fexit", "win_log_fexit"],
+        (Probe::Window, Flavour::Fentry) => {
+            let mut v = vec!["win_fentry", "win_fexit"];
+            if f.has("nf_tcp_log_invalid")
+                && !matches!(f.load_named(WINDOW_FENTRY_LOG), Some(Err(_)))
+            {
+                v.push("win_log_fexit");
+            }
+            v
+        }
         (Probe::Window, Flavour::Kprobe) => {
             let mut v = vec!["win_kprobe", "win_kretprobe"];
             if f.has("nf_tcp_log_invalid") {
@@ -123,11 +135,21 @@ fn candidate(p: Probe, fl: Flavour, f: &Features) -> Result<(Vec<String>, Vec<St
                     vec!["fentry+fexit __nf_conntrack_confirm".into()]
                 }
                 Probe::Window => {
-                    need_symbols(f, &["nf_conntrack_tcp_packet", "nf_tcp_log_invalid"])?;
-                    vec![
-                        "fentry+fexit nf_conntrack_tcp_packet".into(),
-                        "fexit nf_tcp_log_invalid".into(),
-                    ]
+                    need_symbols(f, &["nf_conntrack_tcp_packet"])?;
+                    let mut h = vec!["fentry+fexit nf_conntrack_tcp_packet".to_string()];
+                    if programs(p, fl, f).contains(&"win_log_fexit") {
+                        h.push("fexit nf_tcp_log_invalid".into());
+                        notes.push("fentry cannot read the variadic reason arguments: no bound, reason text only where the kernel exposes it".into());
+                    } else {
+                        let why = match f.load_named(WINDOW_FENTRY_LOG) {
+                            Some(Err(e)) => format!("fexit nf_tcp_log_invalid refused: {e}"),
+                            _ => "no nf_tcp_log_invalid on this kernel".into(),
+                        };
+                        notes.push(format!(
+                            "{why}: INVALID verdicts only, no reasons, no IGNORED"
+                        ));
+                    }
+                    h
                 }
                 Probe::Symptoms => symptoms_hooks(f, fl, &mut notes)?,
             }
@@ -170,6 +192,7 @@ fn candidate(p: Probe, fl: Flavour, f: &Features) -> Result<(Vec<String>, Vec<St
                 if !f.kfree_skb_reason {
                     return Err("tp_btf/kfree_skb has no drop reason on this kernel (5.17+)".into());
                 }
+                notes.push("stable mode: resolved clashes (clash_resolve) are not visible, only lost inserts".into());
                 vec![
                     "netfilter POSTROUTING+INPUT at INT_MAX-1 (before confirm)".into(),
                     "tp_btf/kfree_skb reason NETFILTER_DROP".into(),
@@ -228,6 +251,11 @@ fn symptoms_hooks(
 /// tracepoints in every mode; only their RST hook follows the mode when the
 /// tracepoint cannot see the no-socket RST.
 fn order(p: Probe, mode: Mode) -> Vec<Flavour> {
+    // Only the kprobe reads nf_tcp_log_invalid's variadic arguments (the
+    // reason's bound, and its text on every kernel): it ranks first for window.
+    if p == Probe::Window && mode == Mode::Auto {
+        return vec![Flavour::Kprobe, Flavour::Fentry, Flavour::Stable];
+    }
     if p == Probe::Symptoms {
         let mut v = vec![Flavour::Stable];
         v.extend(mode.candidates().iter().filter(|f| **f != Flavour::Stable));
@@ -426,10 +454,7 @@ mod tests {
             plan.render()
         );
         assert_eq!(chosen(&plan, Probe::Confirm), Some(Flavour::Fentry));
-        // fexit nf_tcp_log_invalid is refused (EACCES, captured in the VM): the
-        // program reads the variadic (skb, ct, state, sender, ret, fmt, ...) form
-        // and its return, but 6.1.192's BTF has the 4-argument void form
-        // (skb, ct, state, const struct nf_tcp_invalid_log *log).
+        // fexit on the variadic nf_tcp_log_invalid is refused on 6.1 (EINVAL)
         assert_eq!(chosen(&plan, Probe::Window), Some(Flavour::Kprobe));
         // tcp_send_reset has no no-socket RST before 6.10: the RST hook is fentry
         let sym = plan.get(Probe::Symptoms).unwrap();
@@ -447,21 +472,9 @@ mod tests {
     }
 
     #[test]
-    fn debian_6_12_fentry_for_nat_and_confirm_and_every_mode_works() {
+    fn debian_6_12_fentry_for_all_and_every_mode_works() {
         let f = fixture("6.12-debian");
         let plan = resolve(&f, Mode::Auto);
-        // window: fexit nf_tcp_log_invalid is refused on 6.12.117 as on 6.1.192
-        // (EACCES: the kernel's nf_tcp_log_invalid has 4 arguments and returns
-        // void; the program expects the older variadic form), so auto falls back
-        // to the kprobe. When window.bpf.c follows the 4-argument form, recapture
-        // the fixture (tests/vm/matrix --save-fixtures) and expect Fentry here.
-        assert_eq!(
-            chosen(&plan, Probe::Window),
-            Some(Flavour::Kprobe),
-            "{}",
-            plan.render()
-        );
-        assert_eq!(chosen(&resolve(&f, Mode::Fentry), Probe::Window), None);
         for p in [Probe::Nat, Probe::Confirm] {
             assert_eq!(
                 chosen(&plan, p),
@@ -470,7 +483,10 @@ mod tests {
                 plan.render()
             );
         }
+        // the kprobe reads the reason text and bound: first for window
+        assert_eq!(chosen(&plan, Probe::Window), Some(Flavour::Kprobe));
         for (mode, fl) in [
+            (Mode::Fentry, Flavour::Fentry),
             (Mode::Kprobe, Flavour::Kprobe),
             (Mode::Stable, Flavour::Stable),
         ] {
@@ -492,6 +508,20 @@ mod tests {
         f.loads.clear();
         let plan = resolve(&f, Mode::Auto);
         assert_eq!(chosen(&plan, Probe::Nat), Some(Flavour::Fentry));
+    }
+
+    #[test]
+    fn fentry_window_degrades_without_the_log_hook() {
+        let f = fixture("6.1-debian");
+        let plan = resolve(&f, Mode::Fentry);
+        let w = plan.get(Probe::Window).unwrap();
+        assert_eq!(w.chosen, Some(Flavour::Fentry), "{}", plan.render());
+        assert!(!w.programs.contains(&"win_log_fexit".to_string()));
+        assert!(
+            w.notes.iter().any(|n| n.contains("INVALID verdicts only")),
+            "{:?}",
+            w.notes
+        );
     }
 
     #[test]

@@ -1,8 +1,547 @@
-//! `ctrace top`: the live view.
-use anyhow::{bail, Result};
+//! `ctrace top`: the live view (and the browser of recordings).
+//!
+//! - `app`: the state and how messages change it (pure).
+//! - `ui`: rendering, a pure function of the state.
+//! - `event`: the one message enum (keys, ticks, data).
+//! - `replay`: the clock that replays a recording.
+//!
+//! Threads: the main thread owns the terminal and the [`App`]; one thread
+//! forwards terminal input; one owns the tracing session (it enters the
+//! traced netns) and forwards event batches and the kernel's counters; one,
+//! started from the session thread so that it shares its netns, reads the
+//! node's mitigation state every few seconds.
 
-use crate::cli::TopArgs;
+pub mod app;
+pub mod event;
+pub mod replay;
+pub mod ui;
 
-pub fn run(_a: &TopArgs) -> Result<i32> {
-    bail!("ctrace top is not built yet")
+use std::io::{IsTerminal, Stdout};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::{
+    cursor,
+    event::{self as ct_event, Event as CtEvent},
+    execute,
+    terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+};
+use ratatui::Terminal;
+
+use crate::cli::{LabKind, TopArgs};
+use crate::ctstat::{CpuStats, Snapshot};
+use crate::session::{Session, SessionConfig};
+
+use app::{App, Origin, SourceInfo};
+use event::Msg;
+use replay::ReplayFeed;
+
+/// How often the node's mitigation state is read.
+const NODE_EVERY: Duration = Duration::from_secs(5);
+/// How often the kernel's counters and the lost count are read.
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(a: &TopArgs) -> Result<i32> {
+    if a.interval < Duration::from_millis(20) {
+        bail!("--interval {:?} is too short: use 20ms or more", a.interval);
+    }
+    if let Some(path) = &a.replay {
+        return run_replay(a, path);
+    }
+    need_terminal()?;
+    let stop = crate::cmd_record::stop_on_signals()?;
+    let lab = match a.lab {
+        Some(kind) => Some(crate::lab::Background::start(kind)?),
+        None => None,
+    };
+    let mut cfg = SessionConfig::from(&a.trace);
+    let origin = match (&lab, a.lab) {
+        (Some(l), Some(kind)) => {
+            cfg.netns = Some(l.node_netns().to_string());
+            Origin::Lab(lab_name(kind).into())
+        }
+        _ => Origin::Live,
+    };
+    let (tx, rx) = mpsc::sync_channel(256);
+    let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone())?;
+    let mut app = App::new(info);
+    let res = ui_loop(&mut app, rx, tx, a.interval, &stop, None);
+    stop.store(true, Ordering::Relaxed);
+    // rx is gone with ui_loop: a session thread blocked on a full channel wakes up
+    let joined = session.join();
+    drop(lab);
+    res?;
+    joined.map_err(|_| anyhow!("the tracing session thread panicked"))?;
+    Ok(crate::exit::OK)
+}
+
+fn need_terminal() -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        bail!("ctrace top needs a terminal; to save events to a file use 'ctrace record -o FILE'");
+    }
+    Ok(())
+}
+
+fn lab_name(k: LabKind) -> &'static str {
+    match k {
+        LabKind::SnatRace => "snat-race",
+        LabKind::InvalidRst => "invalid-rst",
+    }
+}
+
+fn run_replay(a: &TopArgs, path: &Path) -> Result<i32> {
+    if !(a.speed.is_finite() && a.speed > 0.0) {
+        bail!("--speed {} must be a positive number", a.speed);
+    }
+    let rec = crate::record::read(path)?;
+    let header = rec
+        .header
+        .ok_or_else(|| anyhow!("{}: no header", path.display()))?;
+    let mut info = SourceInfo::from_header(&header, &path.display().to_string(), a.speed);
+    info.notes = rec.warnings;
+    let mut app = App::new(info);
+    let mut end = None;
+    if let Some(t) = &rec.trailer {
+        app.live.lost = t.lost;
+        app.live.kernel = t.kernel_counters.as_ref().map(|k| {
+            let per_cpu = if k.per_cpu.is_empty() {
+                // totals only: one pseudo-CPU the per-CPU panel leaves out
+                vec![CpuStats {
+                    cpu: u32::MAX,
+                    insert_failed: k.insert_failed,
+                    drop: k.drop,
+                    invalid: k.invalid,
+                    clash_resolve: k.clash_resolve,
+                    ..Default::default()
+                }]
+            } else {
+                k.per_cpu.clone()
+            };
+            Snapshot { per_cpu }
+        });
+        end = (t.end_mono_ns > 0).then_some(t.end_mono_ns);
+    }
+    let feed = ReplayFeed::new(rec.events, header.start_mono_ns, end, a.speed);
+    need_terminal()?;
+    let stop = crate::cmd_record::stop_on_signals()?;
+    let (tx, rx) = mpsc::sync_channel(256);
+    ui_loop(&mut app, rx, tx, a.interval, &stop, Some(feed))?;
+    Ok(crate::exit::OK)
+}
+
+/// Starts the session on its own thread (it enters the traced netns there)
+/// and waits until it is attached, so that errors are printed before the
+/// terminal is taken over.
+fn start_live(
+    cfg: SessionConfig,
+    origin: Origin,
+    tx: SyncSender<Msg>,
+    stop: Arc<AtomicBool>,
+) -> Result<(SourceInfo, JoinHandle<()>)> {
+    let (itx, irx) = mpsc::channel::<Result<SourceInfo>>();
+    let h = std::thread::Builder::new()
+        .name("ctrace-session".into())
+        .spawn(move || {
+            let mut session = match Session::start(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = itx.send(Err(e));
+                    return;
+                }
+            };
+            let mut info = SourceInfo::from_plan(&session.plan, origin);
+            info.hostname = session.hostname.clone();
+            info.netns = session.netns;
+            info.notes = session.notes.clone();
+            info.notes.sort();
+            info.notes.dedup();
+            info.start_ns = session.start_mono_ns;
+            info.tod_at_start_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| (d.as_nanos() % (86_400 * 1_000_000_000u128)) as u64);
+            let _ = itx.send(Ok(info));
+            // started from this thread: it reads the traced netns
+            let node = {
+                let (tx, stop) = (tx.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name("ctrace-node".into())
+                    .spawn(move || node_loop(tx, stop))
+                    .ok()
+            };
+            session_loop(&mut session, &tx, &stop);
+            stop.store(true, Ordering::Relaxed);
+            let _ = session.finish();
+            if let Some(n) = node {
+                let _ = n.join();
+            }
+        })
+        .context("starting the session thread")?;
+    match irx.recv() {
+        Ok(Ok(info)) => Ok((info, h)),
+        Ok(Err(e)) => {
+            let _ = h.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = h.join();
+            bail!("the tracing session thread ended before attaching")
+        }
+    }
+}
+
+fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool) {
+    let mut last = Instant::now();
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
+            if tx.send(Msg::Events(batch)).is_err() {
+                return;
+            }
+        }
+        if first || last.elapsed() >= COUNTERS_EVERY {
+            first = false;
+            last = Instant::now();
+            let sent = match session.counters() {
+                Ok(s) => tx.send(Msg::Kernel(s)),
+                Err(_) => Ok(()),
+            };
+            if sent.is_err() || tx.send(Msg::Lost(session.lost())).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn node_loop(tx: SyncSender<Msg>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if tx.send(Msg::Node(crate::node::read_state())).is_err() {
+            return;
+        }
+        let t = Instant::now();
+        while t.elapsed() < NODE_EVERY && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether the TUI currently holds the terminal (raw mode, alternate screen).
+static TERMINAL_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Gives the terminal back: leaves the alternate screen, shows the cursor,
+/// ends raw mode. Safe to call more than once.
+pub fn restore_terminal() {
+    if TERMINAL_TAKEN.swap(false, Ordering::SeqCst) {
+        let _ = terminal::disable_raw_mode();
+        let _ = execute!(std::io::stdout(), LeaveAlternateScreen, cursor::Show);
+    }
+}
+
+/// Owns the terminal while the TUI runs; restores it on drop and, through a
+/// panic hook, when anything panics.
+pub struct TerminalGuard {
+    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+impl TerminalGuard {
+    pub fn enter() -> Result<TerminalGuard> {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let prev = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore_terminal();
+                prev(info);
+            }));
+        });
+        terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
+        TERMINAL_TAKEN.store(true, Ordering::SeqCst);
+        let guard = (|| -> Result<TerminalGuard> {
+            execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+            let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+            terminal.clear()?;
+            Ok(TerminalGuard { terminal })
+        })();
+        if guard.is_err() {
+            restore_terminal();
+        }
+        guard
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn input_loop(tx: SyncSender<Msg>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match ct_event::poll(Duration::from_millis(100)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        let msg = match ct_event::read() {
+            Ok(CtEvent::Key(k)) => Msg::Key(k),
+            Ok(CtEvent::Resize(w, h)) => Msg::Resize(w, h),
+            Ok(_) => continue,
+            Err(_) => return,
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// The main loop: take the terminal, apply messages, tick and draw at
+/// `interval` (and at once after a key), until `q` or a signal.
+fn ui_loop(
+    app: &mut App,
+    rx: Receiver<Msg>,
+    tx: SyncSender<Msg>,
+    interval: Duration,
+    stop: &Arc<AtomicBool>,
+    mut feed: Option<ReplayFeed>,
+) -> Result<()> {
+    let mut guard = TerminalGuard::enter()?;
+    let input_stop = Arc::new(AtomicBool::new(false));
+    let input = {
+        let (tx, s) = (tx, input_stop.clone());
+        std::thread::Builder::new()
+            .name("ctrace-input".into())
+            .spawn(move || input_loop(tx, s))
+            .context("starting the input thread")?
+    };
+    let res = (|| -> Result<()> {
+        let mut last = Instant::now();
+        let mut next_tick = Instant::now();
+        let mut dirty = true;
+        let mut ended = false;
+        loop {
+            if app.quit || stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                let dt = now - last;
+                last = now;
+                let now_ns = match feed.as_mut() {
+                    Some(f) => {
+                        if !app.paused() {
+                            let evs = f.advance(dt);
+                            if !evs.is_empty() {
+                                app.add_events(evs);
+                            }
+                        }
+                        if f.done() && !ended {
+                            ended = true;
+                            app.update(Msg::SourceEnded("end of recording".into()));
+                        }
+                        f.now_ns()
+                    }
+                    None => crate::sys::monotonic_ns(),
+                };
+                app.update(Msg::Tick { now_ns });
+                guard.terminal.draw(|f| ui::render(app, f))?;
+                dirty = false;
+                // lets the tests check that a panic gives the terminal back
+                if std::env::var_os("CTRACE_TEST_PANIC_AFTER_DRAW").is_some() {
+                    panic!("CTRACE_TEST_PANIC_AFTER_DRAW is set");
+                }
+                next_tick += interval;
+                if next_tick < now {
+                    next_tick = now + interval;
+                }
+            } else if dirty {
+                guard.terminal.draw(|f| ui::render(app, f))?;
+                dirty = false;
+            }
+            match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(msg) => dirty |= app.update(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    })();
+    input_stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    let _ = input.join();
+    drop(guard);
+    res
+}
+
+/// Helpers shared by the unit tests, the integration tests and the benchmark.
+#[doc(hidden)]
+pub mod testkit {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use crate::event::{Event, Family, Kind, Tuple};
+
+    use super::app::{Origin, ProbeLine, SourceInfo};
+
+    /// A plausible event: source 10.0.(i/250).(i%250), destination
+    /// 192.0.2.(1 + dport%200):dport, translated port 1024 + i%60000.
+    pub fn event(i: u64, kind: Kind, ts_ns: u64, cpu: u32, dport: u16) -> Event {
+        let src = IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250 % 250) as u8, (i % 250) as u8));
+        let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1 + (dport % 200) as u8));
+        let node = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+        let sport = 30_000 + (i % 30_000) as u16;
+        let port = 1024 + (i % 60_000) as u16;
+        let orig = Tuple {
+            src,
+            sport,
+            dst,
+            dport,
+        };
+        let reply = Tuple {
+            src: dst,
+            sport: dport,
+            dst: node,
+            dport: port,
+        };
+        let reason = match kind {
+            Kind::InsertFailed => "insert_failed: clash with an existing entry",
+            Kind::TcpInvalid => "SEQ is over upper bound (over the window of the receiver)",
+            Kind::TcpIgnored => "ACK is under the lower bound (possible overly delayed ACK)",
+            _ => "",
+        };
+        Event {
+            ts_ns,
+            kind,
+            cpu,
+            netns: 4026531840,
+            family: Family::Ipv4,
+            proto: "tcp".into(),
+            orig,
+            reply: Some(reply),
+            port: Some(port),
+            reason: reason.into(),
+            reason_code: 0,
+            nat: Some("snat".into()),
+            remapped: false,
+            random_fully: false,
+            tcp: None,
+            context: "unattributed".into(),
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            location: None,
+            location_addr: None,
+            source: "fentry".into(),
+            hook: None,
+            drop_reason: None,
+        }
+    }
+
+    pub fn info(origin: Origin) -> SourceInfo {
+        let probe = |name: &str, fl: Option<&str>, notes: &[&str]| ProbeLine {
+            name: name.into(),
+            flavour: fl.map(String::from),
+            hooks: vec!["hook".into()],
+            notes: notes.iter().map(|s| s.to_string()).collect(),
+        };
+        SourceInfo {
+            origin,
+            hostname: "node-1".into(),
+            kernel: "6.18.0-test".into(),
+            mode: "auto".into(),
+            netns: 4026531840,
+            probes: vec![
+                probe("nat", Some("fentry"), &[]),
+                probe("confirm", Some("fentry"), &[]),
+                probe("window", Some("kprobe"), &["no window bounds"]),
+                probe("symptoms", None, &[]),
+            ],
+            notes: vec![],
+            start_ns: 0,
+            tod_at_start_ns: None,
+        }
+    }
+
+    /// A mix of kinds, `n` events over `secs` seconds, spread over 4 CPUs
+    /// and 50 destinations.
+    pub fn mix(n: u64, secs: u64) -> Vec<Event> {
+        const KINDS: [Kind; 8] = [
+            Kind::NatAlloc,
+            Kind::NatAlloc,
+            Kind::NatAlloc,
+            Kind::InsertFailed,
+            Kind::ClashResolved,
+            Kind::TcpInvalid,
+            Kind::HostRst,
+            Kind::TcpIgnored,
+        ];
+        (0..n)
+            .map(|i| {
+                let ts = i * secs * 1_000_000_000 / n.max(1);
+                event(
+                    i,
+                    KINDS[(i % 8) as usize],
+                    ts,
+                    (i % 4) as u32,
+                    80 + (i % 50) as u16,
+                )
+            })
+            .collect()
+    }
+}
+
+/// CPU cost of the UI thread's work at a given event rate: `rate` events per
+/// second for `secs` seconds of feed, delivered in batches every 25 ms and
+/// drawn 4 times a second onto a `TestBackend` of `w`x`h`, as fast as the
+/// machine goes. Returns the thread's CPU seconds per second of feed.
+#[doc(hidden)]
+pub fn bench_feed(rate: u64, secs: u64, w: u16, h: u16) -> f64 {
+    use ratatui::backend::TestBackend;
+    let events = testkit::mix(rate * secs, secs);
+    let mut app = App::new(testkit::info(Origin::Live));
+    let mut term = match Terminal::new(TestBackend::new(w, h)) {
+        Ok(t) => t,
+        Err(e) => match e {},
+    };
+    let per_batch = (rate / 40).max(1) as usize; // 40 batches a second
+    let t0 = thread_cpu();
+    let mut it = events.into_iter().peekable();
+    let mut step = 0u64;
+    while it.peek().is_some() {
+        let batch: Vec<_> = it.by_ref().take(per_batch).collect();
+        app.update(Msg::Events(batch));
+        step += 1;
+        if step % 10 == 0 {
+            app.update(Msg::Tick {
+                now_ns: step * 25_000_000,
+            });
+            let _ = term.draw(|f| ui::render(&app, f));
+        }
+    }
+    (thread_cpu() - t0) / secs as f64
+}
+
+fn thread_cpu() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The UI thread's share of one core at 10,000 events/s, drawn 4 times a
+    /// second (thread CPU time, so other load on the machine does not count).
+    #[test]
+    fn ui_thread_costs_under_5_percent_of_a_core_at_10k_events_per_second() {
+        let cost = super::bench_feed(10_000, 10, 120, 40);
+        eprintln!(
+            "ui thread: {:.2}% of one core at 10,000 events/s",
+            cost * 100.0
+        );
+        // unoptimized builds are several times slower
+        let limit = if cfg!(debug_assertions) { 0.5 } else { 0.05 };
+        assert!(cost < limit, "{:.3} s of CPU per s of feed", cost);
+    }
 }
