@@ -71,9 +71,12 @@ topo_drop_off() {
   in_node iptables -D FORWARD -i c0 -p udp -j DROP
 }
 
-# bg CMD...: runs in the background, killed by topo_down
-bg() {
-  "$@" &
+# bg_in NS CMD...: runs CMD in netns NS in the background (ip netns exec execs
+# it, so $! is CMD itself); killed by topo_down
+bg_in() {
+  local ns=$1
+  shift
+  ip netns exec "$ns" "$@" &
   BENCH_PIDS+=($!)
 }
 

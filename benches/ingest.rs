@@ -72,12 +72,12 @@ fn pool() -> Vec<RawEvent> {
         .map(|i| {
             let roll = rng.next() % 100;
             let kind = match roll {
-                0..=54 => 1, // nat_alloc
+                0..=54 => 1,  // nat_alloc
                 55..=69 => 2, // insert_failed
                 70..=79 => 8, // nf_drop
                 80..=89 => 7, // syn_retrans
                 90..=94 => 6, // host_rst
-                _ => 4,      // tcp_invalid
+                _ => 4,       // tcp_invalid
             };
             let v6 = rng.next() % 10 == 0;
             let mut r = RawEvent {
@@ -312,11 +312,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let num = |i: usize, d: u64| -> u64 {
-        args.get(i)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(d)
-    };
+    let num = |i: usize, d: u64| -> u64 { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d) };
     match args.first().map(String::as_str) {
         Some("throughput") => throughput(num(1, 1_000_000), num(2, 5) as usize),
         Some("mem") => mem(num(1, 1_000_000)),

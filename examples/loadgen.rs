@@ -10,7 +10,8 @@
 //!                 one datagram per new 5-tuple: SOCKETS source ports x
 //!                 65535 destination ports (sendmmsg, batches of 64)
 //!
-//! Prints one line: `mode=... count=N secs=S rate=R` (rate per second).
+//! Prints one line: `mode=... count=N secs=S rate=R cpu=C` (rate per second;
+//! C: CPU seconds of this process, user + system, softirq work it ran included).
 //! RATE 0 (the default) is as fast as possible; otherwise the sender paces
 //! itself to RATE per second on average.
 
@@ -261,8 +262,15 @@ fn main() {
         _ => usage(),
     };
     let secs = t0.elapsed().as_secs_f64();
+    // SAFETY: getrusage fills the struct it is given.
+    let cpu = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
     println!(
-        "mode={} count={n} secs={secs:.3} rate={:.1}",
+        "mode={} count={n} secs={secs:.3} rate={:.1} cpu={cpu:.3}",
         o.mode,
         n as f64 / secs
     );
