@@ -8,7 +8,7 @@
 //! machine they do not count the time this thread waited for a core.
 //!
 //!   cargo bench --bench ingest                 throughput, then memory
-//!   cargo bench --bench ingest -- throughput [EVENTS] [REPEATS]
+//!   cargo bench --bench ingest -- throughput [EVENTS] [REPEATS] [STAGE]
 //!   cargo bench --bench ingest -- mem [FLOWS]
 //!
 //! Output lines start with `ingest:` and are `key=value`, for bench/run.
@@ -204,10 +204,9 @@ impl Stage {
 }
 
 /// Runs `n` events through `stage`; returns (wall s, thread CPU s).
-fn run(stage: Stage, pool: &[Vec<u8>], n: u64, first: u64) -> (f64, f64) {
+fn run(stage: Stage, pool: &[Vec<u8>], n: u64, first: u64, syms: &mut KernelSymbols) -> (f64, f64) {
     let mut buf = [0u8; RAW_EVENT_SIZE];
     let mut stats = Stats::default();
-    let mut syms = KernelSymbols::new();
     let mut w = Writer::new(Box::new(std::io::sink()), "sink".into());
     let (t0, c0) = (Instant::now(), cpu_now());
     for i in first..first + n {
@@ -242,16 +241,21 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn throughput(n: u64, repeats: usize) {
+fn throughput(n: u64, repeats: usize, only: Option<&str>) {
     let pool: Vec<Vec<u8>> = pool().iter().map(|r| as_bytes(r).to_vec()).collect();
-    let stages = [Stage::Copy, Stage::Decode, Stage::Stats, Stage::Record];
+    let stages: Vec<Stage> = [Stage::Copy, Stage::Decode, Stage::Stats, Stage::Record]
+        .into_iter()
+        .filter(|s| only.map_or(true, |o| o == s.name()))
+        .collect();
+    // one symbolizer for the run, as in `record` (it loads kallsyms once)
+    let mut syms = KernelSymbols::new();
     let mut cpu_rates: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
     let mut wall_rates: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
     // warm-up, then stages interleaved within each repeat
-    run(Stage::Record, &pool, n / 10, 0);
+    run(Stage::Record, &pool, n / 10, 0, &mut syms);
     for rep in 0..repeats {
         for (k, s) in stages.iter().enumerate() {
-            let (wall, cpu) = run(*s, &pool, n, rep as u64 * n);
+            let (wall, cpu) = run(*s, &pool, n, rep as u64 * n, &mut syms);
             cpu_rates[k].push(n as f64 / cpu);
             wall_rates[k].push(n as f64 / wall);
         }
@@ -314,10 +318,14 @@ fn main() {
         .collect();
     let num = |i: usize, d: u64| -> u64 { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d) };
     match args.first().map(String::as_str) {
-        Some("throughput") => throughput(num(1, 1_000_000), num(2, 5) as usize),
+        Some("throughput") => throughput(
+            num(1, 1_000_000),
+            num(2, 5) as usize,
+            args.get(3).map(String::as_str),
+        ),
         Some("mem") => mem(num(1, 1_000_000)),
         None => {
-            throughput(1_000_000, 5);
+            throughput(1_000_000, 5, None);
             mem(1_000_000);
         }
         Some(other) => {

@@ -298,7 +298,19 @@ pub fn read_lost(map: &MapHandle) -> u64 {
 /// confirms or refutes each proposal (its error becomes a feature), until every
 /// probe's choice has loaded or nothing is left.
 pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
+    let (plan, f, _) = resolve_by_trying_kept(mode, cfg);
+    (plan, f)
+}
+
+/// Objects that loaded while resolving, kept so that attaching does not load
+/// (verify, relocate against the kernel's BTF) the same object a second time:
+/// each load costs tens of milliseconds of start-up (bench/RESULTS.md).
+pub struct Kept(Vec<(Probe, Flavour, Vec<String>, Loaded)>);
+
+/// [`resolve_by_trying`], keeping what loaded for [`attach_plan_kept`].
+pub fn resolve_by_trying_kept(mode: Mode, cfg: &Config) -> (Plan, Features, Kept) {
     let mut f = features::detect_static();
+    let mut kept = Vec::new();
     loop {
         let plan = plan::resolve(&f, mode);
         let mut changed = false;
@@ -308,23 +320,46 @@ pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
             if f.loads.contains_key(&key) {
                 continue;
             }
-            let r = try_load(pp.probe, fl, &f, cfg);
-            f.loads.insert(key, r.err().unwrap_or_else(|| "ok".into()));
+            let progs: Vec<String> = plan::programs(pp.probe, fl, &f)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            let r = match load(pp.probe, &progs, cfg, fl) {
+                Ok(l) => {
+                    kept.push((pp.probe, fl, progs, l));
+                    "ok".to_string()
+                }
+                Err(e) => short_error(&e),
+            };
+            f.loads.insert(key, r);
             changed = true;
         }
         if !changed {
-            return (plan, f);
+            return (plan, f, Kept(kept));
         }
     }
 }
 
 /// Loads and attaches every probe the plan chose.
 pub fn attach_plan(plan: &Plan, cfg: &Config) -> Result<Vec<Loaded>> {
+    attach_plan_kept(plan, cfg, Kept(Vec::new()))
+}
+
+/// [`attach_plan`], reusing an object loaded while resolving where it holds
+/// exactly the programs the plan wants.
+pub fn attach_plan_kept(plan: &Plan, cfg: &Config, kept: Kept) -> Result<Vec<Loaded>> {
+    let mut kept = kept.0;
     let mut out = Vec::new();
     for pp in &plan.probes {
         let Some(fl) = pp.chosen else { continue };
-        let mut l = load(pp.probe, &pp.programs, cfg, fl)
-            .with_context(|| format!("loading probe {} ({})", pp.probe.name(), fl.name()))?;
+        let reuse = kept
+            .iter()
+            .position(|(p, f, progs, _)| *p == pp.probe && *f == fl && *progs == pp.programs);
+        let mut l = match reuse {
+            Some(i) => kept.swap_remove(i).3,
+            None => load(pp.probe, &pp.programs, cfg, fl)
+                .with_context(|| format!("loading probe {} ({})", pp.probe.name(), fl.name()))?,
+        };
         l.attach()
             .with_context(|| format!("attaching probe {} ({})", pp.probe.name(), fl.name()))?;
         out.push(l);
