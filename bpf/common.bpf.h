@@ -78,6 +78,20 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 	return e;
 }
 
+/* Hands a record to user space, waking the reader only once a sixteenth of the
+ * ring is queued. A wakeup is an irq_work, raised by a self-IPI: under
+ * virtualization a VM exit, which cost several microseconds per event and made
+ * every emitting program 10x slower (bench/RESULTS.md). The reader polls with a
+ * timeout and drains the ring after each one, so no record waits longer than
+ * that timeout. */
+static __always_inline void ct_submit(struct ct_event *e)
+{
+	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+
+	bpf_ringbuf_submit(e, queued >= size / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 /* pid, comm and cgroup only where the hook is known to run for a task. None of
  * the conntrack hooks is: they run in softirq as often as in a syscall, and the
  * per-CPU preempt count that would tell them apart is not addressable on every

@@ -51,7 +51,7 @@ static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_con
 	ct_read_conn(e, ct);
 	ct_nat_port(e, BPF_CORE_READ(ct, status));
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 }
 
 static __always_inline void confirm_exit(struct sk_buff *skb, int ret, __u8 source)
@@ -170,7 +170,7 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 		ct_read_conn(e, ct);
 		ct_nat_port(e, status);
 		ct_task(e);
-		bpf_ringbuf_submit(e, 0);
+		ct_submit(e);
 	}
 	bpf_map_delete_elem(&pending_skbs, &key);
 	return 0;

@@ -27,7 +27,7 @@ static __always_inline void nat_emit(struct nf_conn *ct, __u32 maniptype, __u32 
 	ct_read_conn(e, ct);
 	ct_nat_port(e, status & bit);
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 }
 
 SEC("fexit/nf_nat_setup_info")
@@ -110,6 +110,6 @@ int nat_nf(struct bpf_nf_ctx *ctx)
 	ct_read_conn(e, ct);
 	ct_nat_port(e, status);
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 	return NF_ACCEPT;
 }

@@ -32,7 +32,7 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 	e->reason = CT_R_DROP_REASON;
 	e->drop_reason = reason;
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 	return 0;
 }
 
@@ -60,7 +60,7 @@ static __always_inline void sym_reset(const struct sock *sk, struct sk_buff *skb
 		e->drop_reason = reason;
 	}
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 }
 
 SEC("tp_btf/tcp_send_reset")
@@ -129,6 +129,6 @@ int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
 	e->orig.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->tcp_flags = 0x02;
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 	return 0;
 }

@@ -150,7 +150,7 @@ static __always_inline void win_exit(int ret, __u8 source)
 		e->reason = CT_R_WIN_UNLOGGED;
 	}
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 }
 
 /* --- fentry flavour --- */
@@ -278,6 +278,6 @@ int win_nf(struct bpf_nf_ctx *ctx)
 	e->hook = BPF_CORE_READ(ctx, state, hook);
 	e->reason = CT_R_WIN_NO_CT;
 	ct_task(e);
-	bpf_ringbuf_submit(e, 0);
+	ct_submit(e);
 	return NF_ACCEPT;
 }

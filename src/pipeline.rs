@@ -111,6 +111,9 @@ impl Pipeline {
                 };
                 while !stop2.load(Ordering::Relaxed) {
                     rb.poll(Duration::from_millis(50))?;
+                    // the BPF side wakes us only once a sixteenth of a ring is
+                    // queued (ct_submit): drain what arrived without a wakeup
+                    rb.consume()?;
                     if !flush(false) {
                         return Ok(()); // consumer gone
                     }

@@ -88,7 +88,7 @@ impl Session {
             symptoms_netns: 0,
             ringbuf_bytes: cfg.ringbuf_mb << 20,
         };
-        let (plan, features) = load::resolve_by_trying(cfg.mode, &lcfg);
+        let (plan, features, kept) = load::resolve_by_trying_kept(cfg.mode, &lcfg);
         let conntrack_probes = [Probe::Nat, Probe::Confirm, Probe::Window];
         if conntrack_probes
             .iter()
@@ -100,7 +100,7 @@ impl Session {
                 plan.render()
             );
         }
-        let probes = load::attach_plan(&plan, &lcfg)?;
+        let probes = load::attach_plan_kept(&plan, &lcfg, kept)?;
         let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
         let t = baseline.total();
         if t.found + t.invalid + t.insert_failed + t.drop + t.clash_resolve == 0

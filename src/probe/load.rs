@@ -129,38 +129,57 @@ pub fn load(p: Probe, progs: &[String], cfg: &Config, fl: Flavour) -> Result<Loa
     })
 }
 
-/// Tries loading a probe's programs in a flavour: Ok, or the error in one line.
-pub fn try_load(p: Probe, fl: Flavour, f: &Features, cfg: &Config) -> Result<(), String> {
+/// Loads a probe's programs in a flavour (as the plan would choose them on a
+/// kernel with `f`): the loaded object and its program list, or the error in
+/// one line.
+fn load_for(
+    p: Probe,
+    fl: Flavour,
+    f: &Features,
+    cfg: &Config,
+) -> Result<(Vec<String>, Loaded), String> {
     let progs: Vec<String> = plan::programs(p, fl, f)
         .into_iter()
         .map(String::from)
         .collect();
-    load(p, &progs, cfg, fl)
-        .map(|_| ())
-        .map_err(|e| short_error(&e))
+    match load(p, &progs, cfg, fl) {
+        Ok(l) => Ok((progs, l)),
+        Err(e) => Err(short_error(&e)),
+    }
 }
 
-/// Tries a probe's load in a flavour and records the answer in `f`. The fentry
-/// window probe's log hook is optional: when the whole set fails, the set
-/// without it is tried, and the log hook's failure is recorded on its own.
-pub fn try_load_into(p: Probe, fl: Flavour, f: &mut Features, cfg: &Config) {
+/// Tries a probe's load in a flavour and records the answer in `f`; returns
+/// what loaded. The fentry window probe's log hook is optional: when the whole
+/// set fails, the set without it is tried, and the log hook's failure is
+/// recorded on its own.
+pub fn try_load_into(
+    p: Probe,
+    fl: Flavour,
+    f: &mut Features,
+    cfg: &Config,
+) -> Option<(Vec<String>, Loaded)> {
     let key = features::load_key(p, fl);
     let with_log = plan::programs(p, fl, f).contains(&"win_log_fexit");
-    let r = try_load(p, fl, f, cfg);
-    match r {
-        Ok(()) => {
-            if with_log {
-                f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), "ok".into());
-            }
-            f.loads.insert(key, "ok".into());
-        }
+    let r = match load_for(p, fl, f, cfg) {
         Err(e) if with_log => {
             f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), e);
-            let r2 = try_load(p, fl, f, cfg);
-            f.loads.insert(key, r2.err().unwrap_or_else(|| "ok".into()));
+            load_for(p, fl, f, cfg)
+        }
+        r => {
+            if with_log && r.is_ok() {
+                f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), "ok".into());
+            }
+            r
+        }
+    };
+    match r {
+        Ok(loaded) => {
+            f.loads.insert(key, "ok".into());
+            Some(loaded)
         }
         Err(e) => {
             f.loads.insert(key, e);
+            None
         }
     }
 }
@@ -324,7 +343,19 @@ pub fn read_lost(map: &MapHandle) -> u64 {
 /// confirms or refutes each proposal (its error becomes a feature), until every
 /// probe's choice has loaded or nothing is left.
 pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
+    let (plan, f, _) = resolve_by_trying_kept(mode, cfg);
+    (plan, f)
+}
+
+/// Objects that loaded while resolving, kept so that attaching does not load
+/// (verify, relocate against the kernel's BTF) the same object a second time:
+/// each load costs tens of milliseconds of start-up (bench/RESULTS.md).
+pub struct Kept(Vec<(Probe, Flavour, Vec<String>, Loaded)>);
+
+/// [`resolve_by_trying`], keeping what loaded for [`attach_plan_kept`].
+pub fn resolve_by_trying_kept(mode: Mode, cfg: &Config) -> (Plan, Features, Kept) {
     let mut f = features::detect_static();
+    let mut kept = Vec::new();
     loop {
         let plan = plan::resolve(&f, mode);
         let mut changed = false;
@@ -334,22 +365,37 @@ pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
             if f.loads.contains_key(&key) {
                 continue;
             }
-            try_load_into(pp.probe, fl, &mut f, cfg);
+            if let Some((progs, l)) = try_load_into(pp.probe, fl, &mut f, cfg) {
+                kept.push((pp.probe, fl, progs, l));
+            }
             changed = true;
         }
         if !changed {
-            return (plan, f);
+            return (plan, f, Kept(kept));
         }
     }
 }
 
 /// Loads and attaches every probe the plan chose.
 pub fn attach_plan(plan: &Plan, cfg: &Config) -> Result<Vec<Loaded>> {
+    attach_plan_kept(plan, cfg, Kept(Vec::new()))
+}
+
+/// [`attach_plan`], reusing an object loaded while resolving where it holds
+/// exactly the programs the plan wants.
+pub fn attach_plan_kept(plan: &Plan, cfg: &Config, kept: Kept) -> Result<Vec<Loaded>> {
+    let mut kept = kept.0;
     let mut out = Vec::new();
     for pp in &plan.probes {
         let Some(fl) = pp.chosen else { continue };
-        let mut l = load(pp.probe, &pp.programs, cfg, fl)
-            .with_context(|| format!("loading probe {} ({})", pp.probe.name(), fl.name()))?;
+        let reuse = kept
+            .iter()
+            .position(|(p, f, progs, _)| *p == pp.probe && *f == fl && *progs == pp.programs);
+        let mut l = match reuse {
+            Some(i) => kept.swap_remove(i).3,
+            None => load(pp.probe, &pp.programs, cfg, fl)
+                .with_context(|| format!("loading probe {} ({})", pp.probe.name(), fl.name()))?,
+        };
         l.attach()
             .with_context(|| format!("attaching probe {} ({})", pp.probe.name(), fl.name()))?;
         out.push(l);
