@@ -127,17 +127,17 @@ SEC("netfilter")
 int confirm_nf(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
-	struct nf_conn *ct = ct_of_skb(skb);
+	struct nf_conn *ct = (struct nf_conn *)(skb->_nfct & ~7UL);
 	struct pending p = {};
 	__u64 key = (__u64)skb;
 
 	if (!ct || (BPF_CORE_READ(ct, status) & IPS_CONFIRMED))
 		return NF_ACCEPT;
-	p.netns = BPF_CORE_READ(ctx, state, net, ns.inum);
+	p.netns = ctx->state->net->ns.inum;
 	if (!ct_netns_wanted(p.netns))
 		return NF_ACCEPT;
 	p.nfct = (__u64)ct;
-	p.hook = BPF_CORE_READ(ctx, state, hook);
+	p.hook = ctx->state->hook;
 	bpf_map_update_elem(&pending_skbs, &key, &p, BPF_ANY);
 	return NF_ACCEPT;
 }
@@ -181,6 +181,9 @@ int BPF_PROG(confirm_consume_skb, struct sk_buff *skb)
 {
 	__u64 key = (__u64)skb;
 
-	bpf_map_delete_elem(&pending_skbs, &key);
+	/* runs for every consumed skb on the node: a lockless lookup first, the
+	 * bucket-locking delete only for the few skbs we remembered */
+	if (bpf_map_lookup_elem(&pending_skbs, &key))
+		bpf_map_delete_elem(&pending_skbs, &key);
 	return 0;
 }

@@ -30,6 +30,7 @@ enum ct_reason {
 	CT_R_WIN_NO_CT = 11,         /* stable: TCP packet left without a ct after conntrack */
 	CT_R_WIN_UNLOGGED = 12,      /* nf_conntrack_tcp_packet said INVALID without a window log */
 	CT_R_WIN_NOTEXT = 13,        /* window verdict seen, its text not readable (fentry) */
+	CT_R_WIN_TYPED = 14,         /* nf_tcp_invalid_log: type in drop_reason, bound in bound */
 	CT_R_DROP_REASON = 20,       /* kfree_skb: value in drop_reason */
 	CT_R_RST_REASON = 21,        /* tcp_send_reset: value in drop_reason (enum sk_rst_reason) */
 };

@@ -14,6 +14,7 @@ struct win_state {
 	struct ct_event ev; /* packet fields and reason collected on the way */
 	__u8 active;
 	__u8 logged;
+	__u8 typed; /* the verdict came from a struct nf_tcp_invalid_log */
 };
 
 struct {
@@ -43,6 +44,7 @@ static __always_inline void win_enter(struct nf_conn *ct, struct sk_buff *skb, u
 	s->skb = (__u64)skb;
 	s->active = 1;
 	s->logged = 0;
+	s->typed = 0;
 	data = BPF_CORE_READ(skb, data);
 	if (!bpf_probe_read_kernel(&th, sizeof(th), data + dataoff)) {
 		s->ev.seq = bpf_ntohl(th.seq);
@@ -78,8 +80,45 @@ static __always_inline void win_log_final(int final)
 {
 	struct win_state *s = win_get();
 
-	if (s && s->active && s->logged)
+	/* the typed form returns nothing: its final verdict is read at
+	 * nf_conntrack_tcp_packet's return */
+	if (s && s->active && s->logged && !s->typed)
 		s->ev.final_verdict = final;
+}
+
+/* Debian's 6.1 and 6.12 (and kernels with the same backport) replaced the
+ * variadic form with nf_tcp_log_invalid(skb, ct, state, const struct
+ * nf_tcp_invalid_log *log): a reason type and its bound. */
+struct nf_tcp_invalid_log___ct {
+	int type;
+	__u32 value;
+} __attribute__((preserve_access_index));
+
+#define NF_TCP_LOG_SEQ_OVER 2
+#define NF_TCP_LOG_ACK_OVER 3
+
+static __always_inline bool win_log_is_typed(void)
+{
+	return bpf_core_type_exists(struct nf_tcp_invalid_log___ct);
+}
+
+static __always_inline void win_log_typed(const void *logp)
+{
+	const struct nf_tcp_invalid_log___ct *log = logp;
+	struct win_state *s = win_get();
+	__u32 type;
+
+	if (!s || !s->active || !log)
+		return;
+	type = BPF_CORE_READ_BITFIELD_PROBED(log, type);
+	s->logged = 1;
+	s->typed = 1;
+	/* over the upper bounds: INVALID; under the lower ones and overshoot: IGNORE */
+	s->ev.verdict = (type == NF_TCP_LOG_SEQ_OVER || type == NF_TCP_LOG_ACK_OVER) ? 1 : 0;
+	s->ev.final_verdict = s->ev.verdict;
+	s->ev.bound = BPF_CORE_READ_BITFIELD_PROBED(log, value);
+	s->ev.drop_reason = type;
+	s->ev.reason = CT_R_WIN_TYPED;
 }
 
 /* Another INVALID reason (not a window verdict): keep the first text seen. */
@@ -113,6 +152,8 @@ static __always_inline void win_exit(int ret, __u8 source)
 	ct = (struct nf_conn *)s->ct;
 	if (ret == -NF_REPEAT)
 		return; /* the kernel retries with a fresh entry; not counted invalid */
+	if (s->typed && ret > 0 && s->ev.verdict == 1)
+		s->ev.final_verdict = 2; /* INVALID proposed, accepted: be_liberal */
 	if (ret <= 0)
 		kind = CT_KIND_TCP_INVALID;
 	else if (s->logged && s->ev.final_verdict == 0)
@@ -137,6 +178,7 @@ static __always_inline void win_exit(int ret, __u8 source)
 	e->verdict = s->ev.verdict;
 	e->final_verdict = s->ev.final_verdict;
 	e->bound = s->ev.bound;
+	e->drop_reason = s->ev.drop_reason;
 	e->td_end = s->ev.td_end;
 	e->td_maxend = s->ev.td_maxend;
 	e->td_maxwin = s->ev.td_maxwin;
@@ -179,6 +221,11 @@ int win_log_fexit(__u64 *ctx)
 	__u64 nargs = bpf_get_func_arg_cnt(ctx);
 	__u64 sender = 0, proposed = 0, fmt = 0, final = 0;
 
+	if (nargs == 4 && win_log_is_typed()) {
+		bpf_get_func_arg(ctx, 3, &sender); /* the log struct */
+		win_log_typed((const void *)sender);
+		return 0;
+	}
 	if (nargs < 5)
 		return 0;
 	bpf_get_func_arg(ctx, 3, &sender);
@@ -213,6 +260,10 @@ int BPF_KPROBE(win_log_kprobe, const struct sk_buff *skb, const struct nf_conn *
 {
 	__u32 bound = 0;
 
+	if (win_log_is_typed()) {
+		win_log_typed((const void *)sender); /* 4th argument: the log struct */
+		return 0;
+	}
 #if defined(__TARGET_ARCH_x86)
 	/* the 7th argument (the bound in the reason format) is on the stack */
 	bpf_probe_read_kernel(&bound, sizeof(bound), (void *)(PT_REGS_SP(ctx) + 8));
@@ -239,6 +290,16 @@ int BPF_KPROBE(win_l4_kprobe, const struct sk_buff *skb, const struct nf_conn *c
 	return 0;
 }
 
+/* nf_l4proto_log_invalid(skb, state, protonum, fmt, ...): tcp_error() and
+ * tcp_new() ("invalid new", the node's own RST) log through it with "%s". */
+SEC("kprobe/nf_l4proto_log_invalid")
+int BPF_KPROBE(win_l4p_kprobe, const struct sk_buff *skb, const struct nf_hook_state *state,
+	       __u8 protonum, const char *fmt, const char *arg)
+{
+	win_log_text(fmt, arg);
+	return 0;
+}
+
 /* --- stable flavour --- */
 
 /* Per family (0: IPv4, 1: IPv6): has conntrack given any packet an entry since
@@ -252,19 +313,21 @@ SEC("netfilter")
 int win_nf(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
-	int fam = BPF_CORE_READ(ctx, state, pf) == 10 ? 1 : 0;
+	/* direct loads through the trusted context (no helper call per packet) */
+	int fam = ctx->state->pf == 10 ? 1 : 0;
 	struct ct_event *e;
 	__u32 netns;
 
-	if (BPF_CORE_READ(skb, _nfct) != 0) {
-		ct_seen[fam & 1] = 1;
+	if (skb->_nfct != 0) {
+		if (!ct_seen[fam & 1]) /* a shared cache line: write it once */
+			ct_seen[fam & 1] = 1;
 		return NF_ACCEPT;
 	}
 	if (!ct_seen[fam & 1]) {
 		__sync_fetch_and_add(&untracked_before_ct, 1);
 		return NF_ACCEPT;
 	}
-	netns = BPF_CORE_READ(ctx, state, net, ns.inum);
+	netns = ctx->state->net->ns.inum;
 	if (!ct_netns_wanted(netns))
 		return NF_ACCEPT;
 	e = ct_reserve(CT_KIND_TCP_INVALID, CT_SRC_NETFILTER);
@@ -275,7 +338,7 @@ int win_nf(struct bpf_nf_ctx *ctx)
 		return NF_ACCEPT;
 	}
 	e->netns = netns;
-	e->hook = BPF_CORE_READ(ctx, state, hook);
+	e->hook = ctx->state->hook;
 	e->reason = CT_R_WIN_NO_CT;
 	ct_task(e);
 	ct_submit(e);

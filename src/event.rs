@@ -346,6 +346,19 @@ fn source_name(s: u8) -> &'static str {
 
 /// The wording of a reason code. The kernel's own text where it has one
 /// (window verdicts, drop reasons), else ours, naming the kernel counter.
+/// The wording the kernel logs for each `enum nf_tcp_invalid_log_type` (the
+/// typed form of nf_tcp_log_invalid in Debian's 6.1 and 6.12).
+fn typed_window_reason(ty: u32, bound: u32) -> String {
+    match ty {
+        1 => format!("{bound} bytes more than expected"),
+        2 => format!("SEQ is over upper bound {bound} (over the window of the receiver)"),
+        3 => format!("ACK is over upper bound {bound} (ACKed data not seen yet)"),
+        4 => format!("SEQ is under lower bound {bound} (already ACKed data retransmitted)"),
+        5 => format!("ignored ACK under lower bound {bound} (possible overly delayed)"),
+        t => format!("window verdict type {t}, bound {bound}"),
+    }
+}
+
 pub fn reason_text(code: u32, kernel_text: &str, bound: u32, value: Option<String>) -> String {
     match code {
         0 => String::new(),
@@ -408,7 +421,7 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         _ => None,
     };
     let is_window = matches!(kind, Kind::TcpInvalid | Kind::TcpIgnored | Kind::TcpLiberal);
-    let logged = raw.reason == 10 || raw.reason == 13;
+    let logged = matches!(raw.reason, 10 | 13 | 14);
     let tcp = (raw.proto == 6 && kind != Kind::NatAlloc && kind != Kind::InsertFailed || is_window)
         .then(|| {
             let w = flags & F_WINDOW != 0;
@@ -450,7 +463,11 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         orig: tuple(family, &raw.orig),
         reply,
         port: (raw.port != 0 || nat.is_some()).then_some(raw.port),
-        reason: reason_text(raw.reason, &text, raw.bound, drop_reason.clone()),
+        reason: if raw.reason == 14 {
+            typed_window_reason(raw.drop_reason, raw.bound)
+        } else {
+            reason_text(raw.reason, &text, raw.bound, drop_reason.clone())
+        },
         reason_code: raw.reason,
         nat,
         remapped: flags & F_REMAPPED != 0,
@@ -559,6 +576,24 @@ mod tests {
         let tcp = e.tcp.unwrap();
         assert_eq!(tcp.verdict.as_deref(), Some("invalid"));
         assert_eq!(tcp.bound, Some(123456));
+    }
+
+    #[test]
+    fn typed_window_reason_uses_the_kernels_wording() {
+        let mut r = raw(5);
+        r.reason = 14;
+        r.drop_reason = 4; // NF_TCP_LOG_SEQ_UNDER
+        r.bound = 1000;
+        r.verdict = 0;
+        r.final_verdict = 0;
+        let e = decode(&bytes(&r), &NoNames).unwrap();
+        assert_eq!(e.kind, Kind::TcpIgnored);
+        assert_eq!(
+            e.reason,
+            "SEQ is under lower bound 1000 (already ACKed data retransmitted)"
+        );
+        assert_eq!(e.drop_reason, None);
+        assert_eq!(e.tcp.unwrap().verdict.as_deref(), Some("ignore"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub const SYMBOLS: &[&str] = &[
     "nf_conntrack_tcp_packet",
     "nf_tcp_log_invalid",
     "nf_ct_l4proto_log_invalid",
+    "nf_l4proto_log_invalid",
     "tcp_v4_send_reset",
     "tcp_v6_send_reset",
 ];

@@ -68,6 +68,9 @@ pub fn programs(probe: Probe, fl: Flavour, f: &Features) -> Vec<&'static str> {
             if f.has("nf_ct_l4proto_log_invalid") {
                 v.push("win_l4_kprobe");
             }
+            if f.has("nf_l4proto_log_invalid") {
+                v.push("win_l4p_kprobe");
+            }
             v
         }
         (Probe::Window, Flavour::Stable) => vec!["win_nf"],
@@ -180,6 +183,9 @@ fn candidate(p: Probe, fl: Flavour, f: &Features) -> Result<(Vec<String>, Vec<St
                     }
                     if f.has("nf_ct_l4proto_log_invalid") {
                         h.push("kprobe nf_ct_l4proto_log_invalid".into());
+                    }
+                    if f.has("nf_l4proto_log_invalid") {
+                        h.push("kprobe nf_l4proto_log_invalid".into());
                     }
                     h
                 }
