@@ -89,8 +89,13 @@ static __always_inline void win_log_final(int final)
 /* Debian's 6.1 and 6.12 (and kernels with the same backport) replaced the
  * variadic form with nf_tcp_log_invalid(skb, ct, state, const struct
  * nf_tcp_invalid_log *log): a reason type and its bound. */
+/* CO-RE matches an enum field only with an enum (of the same essential name) */
+enum nf_tcp_invalid_log_type___ct {
+	NF_TCP_LOG_NONE___ct = 0,
+};
+
 struct nf_tcp_invalid_log___ct {
-	int type;
+	enum nf_tcp_invalid_log_type___ct type;
 	__u32 value;
 } __attribute__((preserve_access_index));
 
