@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::kernel_at_least;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ctrace")
 }
@@ -56,13 +59,6 @@ fn every_kprobe_and_stable_program_passes_the_verifier() {
     }
 }
 
-fn kernel_at_least(maj: u32, min: u32) -> bool {
-    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut it = r.trim().split(|c: char| !c.is_ascii_digit());
-    let a: u32 = it.next().unwrap().parse().unwrap();
-    let b: u32 = it.next().unwrap().parse().unwrap();
-    (a, b) >= (maj, min)
-}
 
 /// The plan agrees with the kernel: a probe is never planned on a flavour
 /// whose load the kernel refused, and kprobes are never chosen without a
@@ -91,27 +87,7 @@ fn plan_follows_the_kernels_answers() {
     }
 }
 
-/// BPF program and link IDs held open by a process: its fdinfo says
-/// `prog_id:` / `link_id:` for each BPF fd (bpftool's `pids` needs a build
-/// that Debian's package lacks).
-fn held_ids(pid: u32, field: &str) -> BTreeSet<u64> {
-    let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in dir.flatten() {
-        if let Ok(s) = std::fs::read_to_string(e.path()) {
-            for l in s.lines() {
-                if let Some(v) = l.strip_prefix(field) {
-                    if let Ok(id) = v.trim().parse() {
-                        ids.insert(id);
-                    }
-                }
-            }
-        }
-    }
-    ids
-}
+use common::held_ids;
 
 fn our_progs(pid: u32) -> BTreeSet<u64> {
     held_ids(pid, "prog_id:")

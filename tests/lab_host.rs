@@ -8,6 +8,8 @@
 //! tests take a lock: they are timing-sensitive and the link test compares
 //! the whole host's BPF links before and after.
 
+mod common;
+use common::kernel_at_least;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -293,13 +295,6 @@ fn expected(c: Config, f: Forged) -> (u64, u64, Fate) {
     }
 }
 
-fn kernel_at_least(maj: u32, min: u32) -> bool {
-    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut it = r.trim().split(|c: char| !c.is_ascii_digit());
-    let a: u32 = it.next().unwrap().parse().unwrap();
-    let b: u32 = it.next().unwrap().parse().unwrap();
-    (a, b) >= (maj, min)
-}
 
 #[test]
 fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
@@ -390,24 +385,8 @@ fn ctrace_links() -> BTreeSet<u64> {
         .collect()
 }
 
-/// Link ids held open by a process (its fdinfo has `link_id:` per link fd).
 fn held_links(pid: u32) -> BTreeSet<u64> {
-    let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in dir.flatten() {
-        if let Ok(s) = std::fs::read_to_string(e.path()) {
-            for l in s.lines() {
-                if let Some(v) = l.strip_prefix("link_id:") {
-                    if let Ok(id) = v.trim().parse() {
-                        ids.insert(id);
-                    }
-                }
-            }
-        }
-    }
-    ids
+    common::held_ids(pid, "link_id:")
 }
 
 /// Links held by any live process (other ctraces on a shared host).
