@@ -60,6 +60,11 @@ pub struct TraceArgs {
     /// kprobe/fentry modes: report conntrack events of every netns, not just --netns.
     #[arg(long)]
     pub all_netns: bool,
+    /// Report symptoms (SYN retransmits, host RSTs, netfilter drops) of the traced
+    /// netns only. By default they come from every netns (pods retransmit in their
+    /// own), which a drop flood elsewhere on the node can fill the ring with.
+    #[arg(long, conflicts_with = "all_netns")]
+    pub symptoms_here: bool,
     /// Size of each ring buffer in MiB (power of two).
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub ringbuf_mb: u32,

@@ -20,6 +20,8 @@ pub struct SessionConfig {
     pub mode: Mode,
     pub netns: Option<String>,
     pub all_netns: bool,
+    /// Symptoms of the traced netns only (default: every netns).
+    pub symptoms_here: bool,
     pub ringbuf_mb: u32,
 }
 
@@ -29,6 +31,7 @@ impl From<&TraceArgs> for SessionConfig {
             mode: a.mode.into(),
             netns: a.netns.clone(),
             all_netns: a.all_netns,
+            symptoms_here: a.symptoms_here,
             ringbuf_mb: a.ringbuf_mb,
         }
     }
@@ -85,7 +88,7 @@ impl Session {
         })?;
         let lcfg = Config {
             filter_netns: if cfg.all_netns { 0 } else { netns },
-            symptoms_netns: 0,
+            symptoms_netns: if cfg.symptoms_here { netns } else { 0 },
             ringbuf_bytes: cfg.ringbuf_mb << 20,
         };
         let (plan, features, kept) = load::resolve_by_trying_kept(cfg.mode, &lcfg);

@@ -59,7 +59,6 @@ fn every_kprobe_and_stable_program_passes_the_verifier() {
     }
 }
 
-
 /// The plan agrees with the kernel: a probe is never planned on a flavour
 /// whose load the kernel refused, and kprobes are never chosen without a
 /// kprobe PMU.

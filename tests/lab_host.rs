@@ -81,20 +81,18 @@ struct Rec {
 
 impl Rec {
     fn start(node: &str, tag: &str) -> Rec {
+        Rec::start_with(node, tag, &[])
+    }
+
+    fn start_with(node: &str, tag: &str, extra: &[&str]) -> Rec {
         let dir = std::env::temp_dir().join(format!("ctrace-lab-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("rec.jsonl");
         let _ = std::fs::remove_file(&file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
-            .args([
-                "record",
-                "-q",
-                "--ringbuf-mb",
-                RINGBUF_MB,
-                "--netns",
-                node,
-                "-o",
-            ])
+            .args(["record", "-q", "--ringbuf-mb", RINGBUF_MB, "--netns", node])
+            .args(extra)
+            .arg("-o")
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -263,6 +261,38 @@ fn snat_run(tag: &str, v: Variant, rounds: u32) -> SnatRun {
     }
 }
 
+/// `--symptoms-here`: the pods' SYN retransmits (their own netns) are not
+/// reported, every event is the node's, and the node's drops still equal the
+/// kernel's `drop`.
+#[test]
+fn symptoms_here_reports_only_the_traced_netns() {
+    require_host!();
+    let _g = serial();
+    let tag = "lt-symhere";
+    let t = Topology::create(tag, snat::CLIENTS).unwrap();
+    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    let rec = Rec::start_with(&t.names.node, tag, &["--symptoms-here"]);
+    let r = snat::run_round(&t, Variant::Deterministic, 0).unwrap();
+    let rec = rec.stop();
+    let k = kernel(&rec);
+    let node = t.node_inode;
+    assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
+    assert!(
+        r.connected() < r.clients.len(),
+        "some clients must have retransmitted"
+    );
+    let foreign: Vec<&Event> = rec.events.iter().filter(|e| e.netns != node).collect();
+    assert!(foreign.is_empty(), "events from other netns: {foreign:?}");
+    assert_eq!(
+        count(&rec, Kind::SynRetrans, node),
+        0,
+        "pods retransmit in their own netns"
+    );
+    assert_eq!(count(&rec, Kind::NfDrop, node), k.drop);
+    assert_eq!(count(&rec, Kind::InsertFailed, node), k.insert_failed);
+}
+
 #[test]
 fn snat_race_single_port_events_equal_kernel_counters_3_runs() {
     require_host!();
@@ -294,7 +324,6 @@ fn expected(c: Config, f: Forged) -> (u64, u64, Fate) {
         (Config::InputDrop, _) => (1, 0, Fate::Alive),
     }
 }
-
 
 #[test]
 fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
