@@ -127,6 +127,17 @@ static __always_inline void ct_read_conn(struct ct_event *e, struct nf_conn *ct)
 	e->flags |= CT_F_REPLY;
 }
 
+/* ctinfo, the low 3 bits of skb->_nfct. An unconfirmed entry's packet is always
+ * in the original direction: IP_CT_RELATED (1) or IP_CT_NEW (2). Established and
+ * reply traffic (0, 3, 4) and untracked (7) can be skipped without touching the
+ * entry: the cheap test that keeps per-packet hooks near an empty program. */
+static __always_inline bool ct_info_may_be_unconfirmed(unsigned long nfct)
+{
+	unsigned long info = nfct & 7;
+
+	return info == 1 || info == 2;
+}
+
 static __always_inline struct nf_conn *ct_of_skb(struct sk_buff *skb)
 {
 	unsigned long nfct = BPF_CORE_READ(skb, _nfct);

@@ -127,11 +127,13 @@ SEC("netfilter")
 int confirm_nf(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
-	struct nf_conn *ct = (struct nf_conn *)(skb->_nfct & ~7UL);
+	unsigned long nfct = skb->_nfct;
+	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
 	struct pending p = {};
 	__u64 key = (__u64)skb;
 
-	if (!ct || (BPF_CORE_READ(ct, status) & IPS_CONFIRMED))
+	if (!ct || !ct_info_may_be_unconfirmed(nfct) ||
+	    (BPF_CORE_READ(ct, status) & IPS_CONFIRMED))
 		return NF_ACCEPT;
 	p.netns = ctx->state->net->ns.inum;
 	if (!ct_netns_wanted(p.netns))

@@ -90,12 +90,13 @@ int nat_nf(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
 	/* direct loads through the trusted context (no helper call per packet) */
-	struct nf_conn *ct = (struct nf_conn *)(skb->_nfct & ~7UL);
+	unsigned long nfct = skb->_nfct;
+	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
 	unsigned long status;
 	struct ct_event *e;
 	__u32 netns;
 
-	if (!ct)
+	if (!ct || !ct_info_may_be_unconfirmed(nfct))
 		return NF_ACCEPT;
 	status = BPF_CORE_READ(ct, status);
 	if ((status & IPS_CONFIRMED) || !(status & (IPS_SRC_NAT | IPS_DST_NAT)))
