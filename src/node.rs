@@ -372,6 +372,33 @@ fn reachability(
     reach
 }
 
+/// End of a table in a rule dump: each INVALID-drop rule found in it gets the
+/// base hooks that reach its chain; the table's chain graph is reset.
+fn flush_table(
+    source: &str,
+    table: &str,
+    base: &mut BTreeMap<String, Hook>,
+    jumps: &mut BTreeMap<String, BTreeSet<String>>,
+    drops: &mut Vec<(String, String)>,
+    out: &mut Rules,
+) {
+    let reach = reachability(base, jumps);
+    for (chain, rule) in drops.drain(..) {
+        out.invalid_drops.push(InvalidDrop {
+            source: source.to_string(),
+            table: table.to_string(),
+            hooks: reach
+                .get(&chain)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+            chain,
+            rule,
+        });
+    }
+    base.clear();
+    jumps.clear();
+}
+
 /// Parses `iptables-save` (or `ip6tables-save`) output: source-NAT rules and
 /// INVALID-drop rules with the base chains that reach them.
 pub fn parse_iptables_save(text: &str) -> Rules {
@@ -385,27 +412,12 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
     let mut base: BTreeMap<String, Hook> = BTreeMap::new();
     let mut jumps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut drops: Vec<(String, String)> = Vec::new();
-    let flush = |table: &str,
-                 base: &mut BTreeMap<String, Hook>,
-                 jumps: &mut BTreeMap<String, BTreeSet<String>>,
-                 drops: &mut Vec<(String, String)>,
-                 out: &mut Rules| {
-        let reach = reachability(base, jumps);
-        for (chain, rule) in drops.drain(..) {
-            out.invalid_drops.push(InvalidDrop {
-                source: source.to_string(),
-                table: table.to_string(),
-                hooks: reach
-                    .get(&chain)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default(),
-                chain,
-                rule,
-            });
-        }
-        base.clear();
-        jumps.clear();
-    };
+    let flush =
+        |table: &str,
+         base: &mut BTreeMap<String, Hook>,
+         jumps: &mut BTreeMap<String, BTreeSet<String>>,
+         drops: &mut Vec<(String, String)>,
+         out: &mut Rules| { flush_table(source, table, base, jumps, drops, out) };
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -554,27 +566,12 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
     let mut base: BTreeMap<String, Hook> = BTreeMap::new();
     let mut jumps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut drops: Vec<(String, String)> = Vec::new();
-    let flush = |table: &str,
-                 base: &mut BTreeMap<String, Hook>,
-                 jumps: &mut BTreeMap<String, BTreeSet<String>>,
-                 drops: &mut Vec<(String, String)>,
-                 out: &mut Rules| {
-        let reach = reachability(base, jumps);
-        for (chain, rule) in drops.drain(..) {
-            out.invalid_drops.push(InvalidDrop {
-                source: "nft".into(),
-                table: table.to_string(),
-                hooks: reach
-                    .get(&chain)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default(),
-                chain,
-                rule,
-            });
-        }
-        base.clear();
-        jumps.clear();
-    };
+    let flush =
+        |table: &str,
+         base: &mut BTreeMap<String, Hook>,
+         jumps: &mut BTreeMap<String, BTreeSet<String>>,
+         drops: &mut Vec<(String, String)>,
+         out: &mut Rules| { flush_table("nft", table, base, jumps, drops, out) };
     for raw in text.lines() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
