@@ -216,6 +216,42 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of `kind` on `orig` with every optional field empty: the base
+    /// that builders (tests, generators) fill in, so the field list is written
+    /// once. TCP, CPU 0, netns 0, no task context, from a netfilter hook.
+    pub fn new(kind: Kind, orig: Tuple) -> Event {
+        Event {
+            ts_ns: 0,
+            kind,
+            cpu: 0,
+            netns: 0,
+            family: if orig.src.is_ipv6() {
+                Family::Ipv6
+            } else {
+                Family::Ipv4
+            },
+            proto: "tcp".into(),
+            orig,
+            reply: None,
+            port: None,
+            reason: String::new(),
+            reason_code: 0,
+            nat: None,
+            remapped: false,
+            random_fully: false,
+            tcp: None,
+            context: "unattributed".into(),
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            location: None,
+            location_addr: None,
+            source: "netfilter".into(),
+            hook: None,
+            drop_reason: None,
+        }
+    }
+
     /// The flow a failure is attributed to: the original tuple.
     pub fn flow(&self) -> Tuple {
         self.orig

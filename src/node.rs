@@ -412,12 +412,6 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
     let mut base: BTreeMap<String, Hook> = BTreeMap::new();
     let mut jumps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut drops: Vec<(String, String)> = Vec::new();
-    let flush =
-        |table: &str,
-         base: &mut BTreeMap<String, Hook>,
-         jumps: &mut BTreeMap<String, BTreeSet<String>>,
-         drops: &mut Vec<(String, String)>,
-         out: &mut Rules| { flush_table(source, table, base, jumps, drops, out) };
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -428,7 +422,7 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
             continue;
         }
         if line == "COMMIT" {
-            flush(&table, &mut base, &mut jumps, &mut drops, &mut out);
+            flush_table(source, &table, &mut base, &mut jumps, &mut drops, &mut out);
             continue;
         }
         if let Some(decl) = line.strip_prefix(':') {
@@ -535,7 +529,7 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
     }
     // a dump without COMMIT (hand-written): still report what was read
     if !drops.is_empty() {
-        flush(&table, &mut base, &mut jumps, &mut drops, &mut out);
+        flush_table(source, &table, &mut base, &mut jumps, &mut drops, &mut out);
     }
     out
 }
@@ -566,12 +560,6 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
     let mut base: BTreeMap<String, Hook> = BTreeMap::new();
     let mut jumps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut drops: Vec<(String, String)> = Vec::new();
-    let flush =
-        |table: &str,
-         base: &mut BTreeMap<String, Hook>,
-         jumps: &mut BTreeMap<String, BTreeSet<String>>,
-         drops: &mut Vec<(String, String)>,
-         out: &mut Rules| { flush_table("nft", table, base, jumps, drops, out) };
     for raw in text.lines() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -602,7 +590,7 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
                 chain = None;
             } else if depth <= 0 {
                 if let Some(t) = table.take() {
-                    flush(&t, &mut base, &mut jumps, &mut drops, &mut out);
+                    flush_table("nft", &t, &mut base, &mut jumps, &mut drops, &mut out);
                 }
                 depth = 0;
             }
@@ -688,7 +676,7 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
         }
     }
     if let Some(t) = table.take() {
-        flush(&t, &mut base, &mut jumps, &mut drops, &mut out);
+        flush_table("nft", &t, &mut base, &mut jumps, &mut drops, &mut out);
     }
     out
 }

@@ -1,39 +1,20 @@
 use super::*;
-use crate::event::{Family, Tuple};
+use crate::event::Tuple;
 use crate::node::{parse_iptables_save, BootConfig, ConfSetting, NodeState, Sysctls};
 
 fn ev(kind: Kind, proto: &str, src: &str, sport: u16, dst: &str, dport: u16) -> Event {
-    Event {
-        ts_ns: 1,
-        kind,
-        cpu: 1,
-        netns: 7,
-        family: Family::Ipv4,
-        proto: proto.into(),
-        orig: Tuple {
-            src: src.parse().unwrap(),
-            sport,
-            dst: dst.parse().unwrap(),
-            dport,
-        },
-        reply: None,
-        port: None,
-        reason: String::new(),
-        reason_code: 0,
-        nat: None,
-        remapped: false,
-        random_fully: false,
-        tcp: None,
-        context: "unattributed".into(),
-        pid: None,
-        comm: None,
-        cgroup_id: None,
-        location: None,
-        location_addr: None,
-        source: "netfilter".into(),
-        hook: None,
-        drop_reason: None,
-    }
+    let orig = Tuple {
+        src: src.parse().unwrap(),
+        sport,
+        dst: dst.parse().unwrap(),
+        dport,
+    };
+    let mut e = Event::new(kind, orig);
+    e.ts_ns = 1;
+    e.cpu = 1;
+    e.netns = 7;
+    e.proto = proto.into();
+    e
 }
 
 fn insert_failed(sport: u16, port: u16) -> Event {

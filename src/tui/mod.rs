@@ -387,7 +387,7 @@ fn ui_loop(
 pub mod testkit {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use crate::event::{Event, Family, Kind, Tuple};
+    use crate::event::{Event, Kind, Tuple};
 
     use super::app::{Origin, ProbeLine, SourceInfo};
 
@@ -417,32 +417,16 @@ pub mod testkit {
             Kind::TcpIgnored => "ACK is under the lower bound (possible overly delayed ACK)",
             _ => "",
         };
-        Event {
-            ts_ns,
-            kind,
-            cpu,
-            netns: 4026531840,
-            family: Family::Ipv4,
-            proto: "tcp".into(),
-            orig,
-            reply: Some(reply),
-            port: Some(port),
-            reason: reason.into(),
-            reason_code: 0,
-            nat: Some("snat".into()),
-            remapped: false,
-            random_fully: false,
-            tcp: None,
-            context: "unattributed".into(),
-            pid: None,
-            comm: None,
-            cgroup_id: None,
-            location: None,
-            location_addr: None,
-            source: "fentry".into(),
-            hook: None,
-            drop_reason: None,
-        }
+        let mut e = Event::new(kind, orig);
+        e.ts_ns = ts_ns;
+        e.cpu = cpu;
+        e.netns = 4026531840;
+        e.reply = Some(reply);
+        e.port = Some(port);
+        e.reason = reason.into();
+        e.nat = Some("snat".into());
+        e.source = "fentry".into();
+        e
     }
 
     pub fn info(origin: Origin) -> SourceInfo {
