@@ -38,8 +38,9 @@ fn print(d: &Document, json: bool) {
 pub fn run(a: &CheckArgs) -> Result<i32> {
     validate_fail_on(&a.fail_on)?;
     let stop = crate::cmd_record::stop_on_signals()?;
-    let lab = match a.lab {
-        Some(kind) => Some(crate::lab::Background::start(kind)?),
+    // traffic starts once the probes are attached (below)
+    let mut lab = match a.lab {
+        Some(kind) => Some(crate::lab::Background::start_paused(kind, "ctlab")?),
         None => None,
     };
     let mut cfg = SessionConfig::from(&a.trace);
@@ -50,6 +51,9 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     // thread: Session::start moves this thread into it).
     let node = crate::node::read_state(std::path::Path::new("/"), cfg.netns.as_deref());
     let mut session = Session::start(&cfg)?;
+    if let Some(l) = lab.as_mut() {
+        l.resume();
+    }
     let progress = std::io::stderr().is_terminal();
     let mut seen = std::collections::BTreeSet::new();
     for n in &session.notes {

@@ -103,6 +103,10 @@ impl Session {
                 plan.render()
             );
         }
+        // Resolving loads programs and can take a second: the kernel's
+        // counters are read again just before attaching, so that failures in
+        // between are not counted as ones ctrace missed.
+        let baseline = ct.per_cpu().unwrap_or(baseline);
         let probes = load::attach_plan_kept(&plan, &lcfg, kept)?;
         let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
         let t = baseline.total();

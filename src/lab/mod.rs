@@ -170,13 +170,6 @@ impl Background {
     pub const MAX_ITERATIONS: u32 = 10_000;
     const PAUSE: Duration = Duration::from_millis(1000);
 
-    /// Builds the lab and starts its traffic.
-    pub fn start(kind: LabKind) -> Result<Background> {
-        let mut b = Self::start_paused(kind, "ctlab")?;
-        b.resume();
-        Ok(b)
-    }
-
     /// Builds the lab (namespaces, rules, server) with its traffic held back
     /// until [`Background::resume`]: a recorder attaches first, so that every
     /// failure the kernel counts happens while it traces.

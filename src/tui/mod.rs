@@ -56,8 +56,10 @@ pub fn run(a: &TopArgs) -> Result<i32> {
     }
     need_terminal()?;
     let stop = crate::cmd_record::stop_on_signals()?;
-    let lab = match a.lab {
-        Some(kind) => Some(crate::lab::Background::start(kind)?),
+    // the lab's traffic starts once the probes are attached: every failure
+    // the kernel counts is then one ctrace saw
+    let mut lab = match a.lab {
+        Some(kind) => Some(crate::lab::Background::start_paused(kind, "ctlab")?),
         None => None,
     };
     let mut cfg = SessionConfig::from(&a.trace);
@@ -70,6 +72,9 @@ pub fn run(a: &TopArgs) -> Result<i32> {
     };
     let (tx, rx) = mpsc::sync_channel(256);
     let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone())?;
+    if let Some(l) = lab.as_mut() {
+        l.resume();
+    }
     let mut app = App::new(info);
     let res = ui_loop(&mut app, rx, tx, a.interval, &stop, None);
     stop.store(true, Ordering::Relaxed);
