@@ -5,7 +5,8 @@
  *   kprobe:  kprobe + kretprobe __nf_conntrack_confirm
  *   stable:  netfilter hook at INT_MAX-1 (POSTROUTING, LOCAL_IN: just before confirm)
  *            remembers the skb of an unconfirmed ct; tp_btf/kfree_skb with reason
- *            NETFILTER_DROP on that skb, still holding that ct, is the lost confirm. */
+ *            NETFILTER_DROP on that skb, still holding that ct, and the ct never
+ *            inserted into the table, is the lost confirm. */
 #include "common.bpf.h"
 
 struct confirm_entry {
@@ -144,20 +145,37 @@ int confirm_nf(struct bpf_nf_ctx *ctx)
 	return NF_ACCEPT;
 }
 
+/* Whether a conntrack entry has ever been in the table. nf_conntrack_alloc sets
+ * the original direction's hnnode.pprev to NULL (every kernel since 2.6.3x);
+ * inserting sets it to the chain head, unlinking to LIST_POISON2. So NULL means
+ * never inserted: the entry of a packet that the confirm step dropped. A
+ * remembered skb whose entry was confirmed and that was freed without a
+ * tracepoint (__kfree_skb), its address then reused by a later packet of the
+ * same connection and dropped by a rule, can therefore never pass for a lost
+ * confirm; and no consume_skb hook (a hash lookup for every freed skb of the
+ * node) is needed to forget remembered skbs: the LRU ages them out. */
+static __always_inline bool ct_never_inserted(struct nf_conn *ct)
+{
+	return BPF_CORE_READ(ct, tuplehash[0].hnnode.pprev) == NULL;
+}
+
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	__u64 key = (__u64)skb;
-	struct pending *p = bpf_map_lookup_elem(&pending_skbs, &key);
+	struct pending *p;
 	struct nf_conn *ct;
 	struct ct_event *e;
 	__u64 status;
 
+	/* the reason is an argument: the common case costs no map access */
+	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
+		return 0;
+	p = bpf_map_lookup_elem(&pending_skbs, &key);
 	if (!p)
 		return 0;
 	ct = ct_of_skb(skb);
-	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP) ||
-	    (__u64)ct != p->nfct || !ct) {
+	if (!ct || (__u64)ct != p->nfct || !ct_never_inserted(ct)) {
 		bpf_map_delete_elem(&pending_skbs, &key);
 		return 0;
 	}
@@ -175,17 +193,5 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 		ct_submit(e);
 	}
 	bpf_map_delete_elem(&pending_skbs, &key);
-	return 0;
-}
-
-SEC("tp_btf/consume_skb")
-int BPF_PROG(confirm_consume_skb, struct sk_buff *skb)
-{
-	__u64 key = (__u64)skb;
-
-	/* runs for every consumed skb on the node: a lockless lookup first, the
-	 * bucket-locking delete only for the few skbs we remembered */
-	if (bpf_map_lookup_elem(&pending_skbs, &key))
-		bpf_map_delete_elem(&pending_skbs, &key);
 	return 0;
 }

@@ -313,6 +313,116 @@ fn masquerade_race_events_equal_kernel_counters() {
     snat_run("lt-masq", Variant::Realistic, 8);
 }
 
+/// Packets of a confirmed flow that a rule drops are `nf_drop`s, never insert
+/// failures. The stable confirm probe remembers each flow's first datagram;
+/// the server's socket frees it, and the flow's second datagram (same conntrack
+/// entry, by then confirmed) is allocated from the slab of the one CPU that
+/// everything here is pinned to, often at the same address, then dies in the
+/// node's FORWARD DROP rule: same skb, same entry, NETFILTER_DROP. Only an
+/// entry that was never inserted may count as a lost confirm. Kernel truth:
+/// the rule's own packet counter and conntrack's insert_failed.
+#[test]
+fn rule_drops_of_confirmed_flows_are_not_insert_failures() {
+    use ctrace::lab::topology::{client_ip, cmd_in, join, spawn_in, SERVER_IP};
+    use std::net::{SocketAddrV4, UdpSocket};
+    require_host!();
+    let _g = serial();
+    const PORT: u16 = 9100;
+    const FLOWS: u64 = 100;
+    let t = Topology::create("lt-ruledrop", 1).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    // the second datagram of each flow: 20 (IP) + 8 (UDP) + 7 bytes
+    let port = PORT.to_string();
+    cmd_in(
+        &t.names.node,
+        "iptables",
+        &[
+            "-I", "FORWARD", "-p", "udp", "--dport", &port, "-m", "length", "--length", "35", "-j",
+            "DROP",
+        ],
+    )
+    .unwrap();
+    let pin = || {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    };
+    let srv = spawn_in(&t.names.server, move || {
+        pin();
+        let s = UdpSocket::bind(SocketAddrV4::new(SERVER_IP, PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 64];
+        let mut got = 0u64;
+        while got < FLOWS {
+            s.recv(&mut buf)?;
+            got += 1;
+        }
+        Ok(got)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let rec = Rec::start(&t.names.node, "lt-ruledrop");
+    let mut ct = t.node_ctnetlink().unwrap();
+    let before = ct.per_cpu().unwrap();
+    let cli = spawn_in(&t.names.pods, move || {
+        pin();
+        for _ in 0..FLOWS {
+            let s = UdpSocket::bind(SocketAddrV4::new(client_ip(0), 0))?;
+            s.connect(SocketAddrV4::new(SERVER_IP, PORT))?;
+            s.send(b"first")?;
+            // the server (same CPU) receives and frees it
+            std::thread::sleep(Duration::from_millis(3));
+            s.send(b"dropped")?;
+        }
+        Ok(())
+    });
+    join(cli).unwrap();
+    assert_eq!(
+        join(srv).unwrap(),
+        FLOWS,
+        "every first datagram reached the server"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let own = ct.per_cpu().unwrap().delta(&before).total();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.names.node,
+            "iptables",
+            "-L",
+            "FORWARD",
+            "-vnx",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rule_pkts: u64 = text
+        .lines()
+        .find(|l| l.contains("DROP") && l.contains(&format!("dpt:{PORT}")))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DROP rule counter in:\n{text}"));
+    let rec = rec.stop();
+    let k = kernel(&rec);
+    let n = t.node_inode;
+    eprintln!(
+        "rule dropped {rule_pkts}; events nf_drop {}, insert_failed {}; kernel insert_failed {} (own read {})",
+        count(&rec, Kind::NfDrop, n),
+        count(&rec, Kind::InsertFailed, n),
+        k.insert_failed,
+        own.insert_failed
+    );
+    assert_eq!(rule_pkts, FLOWS);
+    assert_eq!(own.insert_failed, 0);
+    assert_eq!(k.insert_failed, 0);
+    assert_eq!(
+        count(&rec, Kind::InsertFailed, n),
+        0,
+        "a rule drop counted as an insert failure"
+    );
+    assert_eq!(count(&rec, Kind::NfDrop, n), rule_pkts);
+}
+
 /// What KERNEL.md §7 measured for one forged segment (≥ 6.1).
 fn expected(c: Config, f: Forged) -> (u64, u64, Fate) {
     match (c, f) {

@@ -49,7 +49,7 @@ pub fn programs(probe: Probe, fl: Flavour, f: &Features) -> Vec<&'static str> {
         (Probe::Confirm, Flavour::Fentry) => vec!["confirm_fentry", "confirm_fexit"],
         (Probe::Confirm, Flavour::Kprobe) => vec!["confirm_kprobe", "confirm_kretprobe"],
         (Probe::Confirm, Flavour::Stable) => {
-            vec!["confirm_nf", "confirm_kfree_skb", "confirm_consume_skb"]
+            vec!["confirm_nf", "confirm_kfree_skb"]
         }
         (Probe::Window, Flavour::Fentry) => {
             let mut v = vec!["win_fentry", "win_fexit"];
