@@ -18,6 +18,9 @@ char LICENSE[] SEC("license") = "GPL";
 /* 0: every netns. Otherwise only events whose netns inode matches. */
 const volatile __u32 filter_netns = 0;
 
+/* The ring buffer's size as user space sized it (saves a query per event). */
+const volatile __u64 ring_bytes = 1 << 22;
+
 /* A dummy global so that the skeleton generates the Rust type of the record. */
 struct ct_event ct_event_abi = {};
 
@@ -87,9 +90,8 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 static __always_inline void ct_submit(struct ct_event *e)
 {
 	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
 
-	bpf_ringbuf_submit(e, queued >= size / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(e, queued >= ring_bytes / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* pid, comm and cgroup only where the hook is known to run for a task. None of
@@ -101,13 +103,17 @@ static __always_inline void ct_task(struct ct_event *e)
 {
 }
 
-static __always_inline void ct_read_tuple(struct ct_tuple *out, struct nf_conntrack_tuple *t)
-{
-	bpf_probe_read_kernel(out->src, 16, &t->src.u3);
-	bpf_probe_read_kernel(out->dst, 16, &t->dst.u3);
-	out->sport = bpf_ntohs(BPF_CORE_READ(t, src.u.all));
-	out->dport = bpf_ntohs(BPF_CORE_READ(t, dst.u.all));
-}
+/* Both tuples of an entry are read with one helper call: the bytes from
+ * ct->tuplehash on, into the stack, and every field picked out at the kernel's
+ * own offset (CO-RE relocated constants, so a kernel whose layout would not fit
+ * the buffer fails verification instead of reading wrong bytes). Ten
+ * bpf_probe_read_kernel calls per event became one. */
+#define CT_TH_BYTES 128
+
+#define CT_TH_OFF(f) \
+	((__u32)(bpf_core_field_offset(struct nf_conn, f) - bpf_core_field_offset(struct nf_conn, tuplehash)))
+
+#define CT_TH_U16(th, f) ({ __u16 __v; __builtin_memcpy(&__v, (th) + CT_TH_OFF(f), 2); __v; })
 
 static __always_inline __u32 ct_netns_of(struct nf_conn *ct)
 {
@@ -117,13 +123,23 @@ static __always_inline __u32 ct_netns_of(struct nf_conn *ct)
 /* Fill family, protocol and both tuples from a conntrack entry. */
 static __always_inline void ct_read_conn(struct ct_event *e, struct nf_conn *ct)
 {
-	__u16 l3 = BPF_CORE_READ(ct, tuplehash[0].tuple.src.l3num);
+	__u8 th[CT_TH_BYTES];
+	__u16 l3;
 
 	e->ct = (__u64)ct;
+	if (bpf_probe_read_kernel(th, sizeof(th), &ct->tuplehash))
+		return;
+	l3 = CT_TH_U16(th, tuplehash[0].tuple.src.l3num);
 	e->family = l3 == AF_INET6 ? 6 : 4;
-	e->proto = BPF_CORE_READ(ct, tuplehash[0].tuple.dst.protonum);
-	ct_read_tuple(&e->orig, &ct->tuplehash[0].tuple);
-	ct_read_tuple(&e->reply, &ct->tuplehash[1].tuple);
+	e->proto = th[CT_TH_OFF(tuplehash[0].tuple.dst.protonum)];
+	__builtin_memcpy(e->orig.src, th + CT_TH_OFF(tuplehash[0].tuple.src.u3), 16);
+	__builtin_memcpy(e->orig.dst, th + CT_TH_OFF(tuplehash[0].tuple.dst.u3), 16);
+	e->orig.sport = bpf_ntohs(CT_TH_U16(th, tuplehash[0].tuple.src.u.all));
+	e->orig.dport = bpf_ntohs(CT_TH_U16(th, tuplehash[0].tuple.dst.u.all));
+	__builtin_memcpy(e->reply.src, th + CT_TH_OFF(tuplehash[1].tuple.src.u3), 16);
+	__builtin_memcpy(e->reply.dst, th + CT_TH_OFF(tuplehash[1].tuple.dst.u3), 16);
+	e->reply.sport = bpf_ntohs(CT_TH_U16(th, tuplehash[1].tuple.src.u.all));
+	e->reply.dport = bpf_ntohs(CT_TH_U16(th, tuplehash[1].tuple.dst.u.all));
 	e->flags |= CT_F_REPLY;
 }
 

@@ -67,6 +67,7 @@ macro_rules! open_load {
             .context("opening the BPF object")?;
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.filter_netns = $netns;
+            ro.ring_bytes = u64::from($cfg.ringbuf_bytes);
         }
         open.maps
             .events
