@@ -46,6 +46,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let mut cfg = SessionConfig::from(&a.trace);
     if let Some(l) = &lab {
         cfg.netns = Some(l.node_netns().to_string());
+        cfg.lab = true;
     }
     // The node's configuration, read in the traced netns (from a helper
     // thread: Session::start moves this thread into it).

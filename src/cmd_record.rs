@@ -38,6 +38,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut cfg = SessionConfig::from(&a.trace);
     if let Some(l) = &lab {
         cfg.netns = Some(l.node_netns().to_string());
+        cfg.lab = true;
     }
     let session = Session::start(&cfg)?;
     if let Some(l) = lab.as_mut() {

@@ -23,6 +23,9 @@ pub struct SessionConfig {
     /// Symptoms of the traced netns only (default: every netns).
     pub symptoms_here: bool,
     pub ringbuf_mb: u32,
+    /// A lab's node, traced before its traffic starts: an empty table is
+    /// expected there, not worth a note.
+    pub lab: bool,
 }
 
 impl From<&TraceArgs> for SessionConfig {
@@ -33,6 +36,7 @@ impl From<&TraceArgs> for SessionConfig {
             all_netns: a.all_netns,
             symptoms_here: a.symptoms_here,
             ringbuf_mb: a.ringbuf_mb,
+            lab: false,
         }
     }
 }
@@ -110,7 +114,8 @@ impl Session {
         let probes = load::attach_plan_kept(&plan, &lcfg, kept)?;
         let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
         let t = baseline.total();
-        if t.found + t.invalid + t.insert_failed + t.drop + t.clash_resolve == 0
+        if !cfg.lab
+            && t.found + t.invalid + t.insert_failed + t.drop + t.clash_resolve == 0
             && ct.table_fill().map(|(n, _)| n).unwrap_or(0) == 0
         {
             notes.push(format!(

@@ -66,6 +66,7 @@ pub fn run(a: &TopArgs) -> Result<i32> {
     let origin = match (&lab, a.lab) {
         (Some(l), Some(kind)) => {
             cfg.netns = Some(l.node_netns().to_string());
+            cfg.lab = true;
             Origin::Lab(lab_name(kind).into())
         }
         _ => Origin::Live,
