@@ -112,17 +112,37 @@ int BPF_KRETPROBE(confirm_kretprobe, int ret)
 
 /* stable mode */
 struct pending {
+	__u64 skb;
 	__u64 nfct;
 	__u32 netns;
 	__u8 hook;
 };
 
+/* The skbs that reached the hook just before confirm with an unconfirmed entry,
+ * in a direct-mapped table indexed by the entry's address (a scalar in both
+ * programs; the verifier allows no arithmetic on the skb pointer). Entries are never
+ * deleted (a stale one cannot match: see ct_never_inserted); a slot is only
+ * overwritten by a later skb. The drop comes within the same hook traversal,
+ * microseconds later, so an insert failure is missed only if another skb with
+ * the same slot (1 in 65536) reaches the hook in between: on another CPU or in
+ * an interrupt. The price per new connection is an inlined array access and
+ * four stores, where an LRU hash paid an eviction under a lock. */
+#define PENDING_SLOTS 65536
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PENDING_SLOTS);
+	__type(key, __u32);
 	__type(value, struct pending);
 } pending_skbs SEC(".maps");
+
+static __always_inline struct pending *pending_slot(__u64 ct)
+{
+	/* nf_conns are slab objects of over 256 bytes: the bits above the 8th spread */
+	__u32 slot = (__u32)((ct >> 8) ^ (ct >> 24)) & (PENDING_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&pending_skbs, &slot);
+}
 
 SEC("netfilter")
 int confirm_nf(struct bpf_nf_ctx *ctx)
@@ -130,18 +150,22 @@ int confirm_nf(struct bpf_nf_ctx *ctx)
 	struct sk_buff *skb = ctx->skb;
 	unsigned long nfct = skb->_nfct;
 	struct nf_conn *ct = (struct nf_conn *)(nfct & ~7UL);
-	struct pending p = {};
-	__u64 key = (__u64)skb;
+	struct pending *p;
+	__u32 netns;
 
 	if (!ct || !ct_info_may_be_unconfirmed(nfct) ||
 	    (BPF_CORE_READ(ct, status) & IPS_CONFIRMED))
 		return NF_ACCEPT;
-	p.netns = ctx->state->net->ns.inum;
-	if (!ct_netns_wanted(p.netns))
+	netns = ctx->state->net->ns.inum;
+	if (!ct_netns_wanted(netns))
 		return NF_ACCEPT;
-	p.nfct = (__u64)ct;
-	p.hook = ctx->state->hook;
-	bpf_map_update_elem(&pending_skbs, &key, &p, BPF_ANY);
+	p = pending_slot((__u64)ct);
+	if (!p)
+		return NF_ACCEPT;
+	p->nfct = (__u64)ct;
+	p->netns = netns;
+	p->hook = ctx->state->hook;
+	p->skb = (__u64)skb;
 	return NF_ACCEPT;
 }
 
@@ -152,8 +176,8 @@ int confirm_nf(struct bpf_nf_ctx *ctx)
  * remembered skb whose entry was confirmed and that was freed without a
  * tracepoint (__kfree_skb), its address then reused by a later packet of the
  * same connection and dropped by a rule, can therefore never pass for a lost
- * confirm; and no consume_skb hook (a hash lookup for every freed skb of the
- * node) is needed to forget remembered skbs: the LRU ages them out. */
+ * confirm; and no consume_skb hook (a lookup for every freed skb of the node)
+ * is needed to forget remembered skbs. */
 static __always_inline bool ct_never_inserted(struct nf_conn *ct)
 {
 	return BPF_CORE_READ(ct, tuplehash[0].hnnode.pprev) == NULL;
@@ -162,7 +186,6 @@ static __always_inline bool ct_never_inserted(struct nf_conn *ct)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	__u64 key = (__u64)skb;
 	struct pending *p;
 	struct nf_conn *ct;
 	struct ct_event *e;
@@ -171,27 +194,27 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	/* the reason is an argument: the common case costs no map access */
 	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
 		return 0;
-	p = bpf_map_lookup_elem(&pending_skbs, &key);
-	if (!p)
-		return 0;
 	ct = ct_of_skb(skb);
-	if (!ct || (__u64)ct != p->nfct || !ct_never_inserted(ct)) {
-		bpf_map_delete_elem(&pending_skbs, &key);
+	if (!ct)
 		return 0;
-	}
+	p = pending_slot((__u64)ct);
+	if (!p || p->skb != (__u64)skb || p->nfct != (__u64)ct)
+		return 0;
+	p->skb = 0;
+	if (!ct_never_inserted(ct))
+		return 0;
 	e = ct_reserve(CT_KIND_INSERT_FAILED, CT_SRC_NETFILTER);
-	if (e) {
-		status = BPF_CORE_READ(ct, status);
-		e->netns = p->netns;
-		e->hook = p->hook;
-		e->reason = (status & IPS_DYING) ? CT_R_CONFIRM_DYING : CT_R_CONFIRM_DROP;
-		e->drop_reason = reason;
-		e->location = (__u64)location;
-		ct_read_conn(e, ct);
-		ct_nat_port(e, status);
-		ct_task(e);
-		ct_submit(e);
-	}
-	bpf_map_delete_elem(&pending_skbs, &key);
+	if (!e)
+		return 0;
+	status = BPF_CORE_READ(ct, status);
+	e->netns = p->netns;
+	e->hook = p->hook;
+	e->reason = (status & IPS_DYING) ? CT_R_CONFIRM_DYING : CT_R_CONFIRM_DROP;
+	e->drop_reason = reason;
+	e->location = (__u64)location;
+	ct_read_conn(e, ct);
+	ct_nat_port(e, status);
+	ct_task(e);
+	ct_submit(e);
 	return 0;
 }
