@@ -214,9 +214,14 @@ fn candidate(p: Probe, fl: Flavour, f: &Features) -> Result<(Vec<String>, Vec<St
     match p {
         Probe::Nat | Probe::Confirm | Probe::Window if fl == Flavour::Stable => {
             if let Some(Err(e)) = f.load(p, fl) {
-                return Err(format!(
-                    "netfilter BPF hooks are not available (kernel 6.4+): load refused: {e}"
-                ));
+                let has_hooks = crate::node::kernel_version(&f.kernel).is_some_and(|v| v >= (6, 4));
+                return Err(if has_hooks {
+                    format!("load refused: {e} (the verifier's log: CTRACE_DEBUG=1)")
+                } else {
+                    format!(
+                        "netfilter BPF hooks are not available (kernel 6.4+): load refused: {e}"
+                    )
+                });
             }
         }
         _ => need_load(f, p, fl)?,
