@@ -21,6 +21,10 @@ const volatile __u32 filter_netns = 0;
 /* The ring buffer's size as user space sized it (saves a query per event). */
 const volatile __u64 ring_bytes = 1 << 22;
 
+/* [start, end) of tcp_v4_send_reset and tcp_v6_send_reset from /proc/kallsyms
+ * (0 when unknown): a host RST's location is the frame that called them. */
+const volatile __u64 rst_fns[4] = {};
+
 /* A dummy global so that the skeleton generates the Rust type of the record. */
 struct ct_event ct_event_abi = {};
 

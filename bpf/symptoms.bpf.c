@@ -36,8 +36,41 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 	return 0;
 }
 
-static __always_inline void sym_reset(const struct sock *sk, struct sk_buff *skb, int has_reason,
-				      __u32 reason, __u8 source)
+#define RST_FRAMES 8
+
+static __always_inline bool in_reset_fn(__u64 a)
+{
+	return (a >= rst_fns[0] && a < rst_fns[1]) || (a >= rst_fns[2] && a < rst_fns[3]);
+}
+
+/* The kernel code that decided to answer with a RST: the caller of
+ * tcp_v{4,6}_send_reset on the current stack (tcp_v4_rcv when no socket wanted
+ * the segment). The same walk serves the tracepoint, the kprobe (whose stack
+ * starts inside the function) and fentry (whose trampoline was called from
+ * it). One stack walk per RST, none per packet. */
+static __always_inline __u64 rst_caller(void *ctx)
+{
+	__u64 st[RST_FRAMES] = {};
+	long n;
+	int i;
+
+	if (!rst_fns[0])
+		return 0;
+	n = bpf_get_stack(ctx, st, sizeof(st), 0);
+	if (n <= 0)
+		return 0;
+	n /= 8;
+	for (i = 0; i < RST_FRAMES - 1; i++) {
+		if (i + 1 >= n)
+			break;
+		if (in_reset_fn(st[i]) && !in_reset_fn(st[i + 1]))
+			return st[i + 1];
+	}
+	return 0;
+}
+
+static __always_inline void sym_reset(void *ctx, const struct sock *sk, struct sk_buff *skb,
+				      int has_reason, __u32 reason, __u8 source)
 {
 	struct ct_event *e;
 	__u32 netns;
@@ -55,6 +88,7 @@ static __always_inline void sym_reset(const struct sock *sk, struct sk_buff *skb
 		return;
 	}
 	e->netns = netns;
+	e->location = rst_caller(ctx);
 	if (has_reason) {
 		e->reason = CT_R_RST_REASON;
 		e->drop_reason = reason;
@@ -66,35 +100,35 @@ static __always_inline void sym_reset(const struct sock *sk, struct sk_buff *skb
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(sym_send_reset, const struct sock *sk, struct sk_buff *skb, int reason)
 {
-	sym_reset(sk, skb, 1, reason, CT_SRC_TRACEPOINT);
+	sym_reset(ctx, sk, skb, 1, reason, CT_SRC_TRACEPOINT);
 	return 0;
 }
 
 SEC("kprobe/tcp_v4_send_reset")
 int BPF_KPROBE(sym_v4_reset_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(sk, skb, 0, 0, CT_SRC_KPROBE);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_KPROBE);
 	return 0;
 }
 
 SEC("kprobe/tcp_v6_send_reset")
 int BPF_KPROBE(sym_v6_reset_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(sk, skb, 0, 0, CT_SRC_KPROBE);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_KPROBE);
 	return 0;
 }
 
 SEC("fentry/tcp_v4_send_reset")
 int BPF_PROG(sym_v4_reset_fentry, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(sk, skb, 0, 0, CT_SRC_FENTRY);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_FENTRY);
 	return 0;
 }
 
 SEC("fentry/tcp_v6_send_reset")
 int BPF_PROG(sym_v6_reset_fentry, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(sk, skb, 0, 0, CT_SRC_FENTRY);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_FENTRY);
 	return 0;
 }
 

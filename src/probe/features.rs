@@ -85,6 +85,9 @@ pub fn detect_static_at(root: &Path) -> Features {
             }
         }
     }
+    if root == Path::new("/") {
+        let _ = RESET_FNS.set(reset_fn_ranges_in(&kallsyms));
+    }
     let btf_path = root.join("sys/kernel/btf/vmlinux");
     let (kfree_skb_reason, tcp_send_reset_nosk) = btf_facts(&btf_path);
     Features {
@@ -99,6 +102,59 @@ pub fn detect_static_at(root: &Path) -> Features {
         tcp_send_reset_nosk,
         loads: BTreeMap::new(),
     }
+}
+
+static RESET_FNS: std::sync::OnceLock<[u64; 4]> = std::sync::OnceLock::new();
+
+/// `[start, end)` of `tcp_v4_send_reset` and of `tcp_v6_send_reset` on the
+/// running kernel (zeros where unknown): the symptoms probe reports a host
+/// RST's location as the frame that called them. Read from /proc/kallsyms once
+/// per process (the feature scan fills it on the way).
+pub fn reset_fn_ranges() -> [u64; 4] {
+    *RESET_FNS.get_or_init(|| {
+        reset_fn_ranges_in(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default())
+    })
+}
+
+/// The same, from the text of a kallsyms file. A function ends where the next
+/// text symbol starts.
+pub fn reset_fn_ranges_in(kallsyms: &str) -> [u64; 4] {
+    let mut text = Vec::new();
+    let (mut v4, mut v6) = (0u64, 0u64);
+    for line in kallsyms.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        let Ok(a) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        if a == 0 {
+            continue; // addresses hidden (kptr_restrict)
+        }
+        text.push(a);
+        match name {
+            "tcp_v4_send_reset" if v4 == 0 => v4 = a,
+            "tcp_v6_send_reset" if v6 == 0 => v6 = a,
+            _ => {}
+        }
+    }
+    text.sort_unstable();
+    let end = |start: u64| -> u64 {
+        if start == 0 {
+            return 0;
+        }
+        let i = text.partition_point(|&a| a <= start);
+        text.get(i).copied().unwrap_or(0)
+    };
+    let (e4, e6) = (end(v4), end(v6));
+    let keep = |s: u64, e: u64| if e > s { (s, e) } else { (0, 0) };
+    let (v4, e4) = keep(v4, e4);
+    let (v6, e6) = keep(v6, e6);
+    [v4, e4, v6, e6]
 }
 
 /// Reads two facts from the kernel's BTF: does kfree_skb's tracepoint have a
@@ -140,4 +196,36 @@ pub fn detect_all() -> Features {
         }
     }
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reset_fn_ranges_in;
+
+    #[test]
+    fn reset_fn_ranges_end_at_the_next_text_symbol() {
+        let k = "\
+ffffffff81a00000 T tcp_v4_rcv
+ffffffff81a01000 D some_data
+ffffffff81a02000 t tcp_v4_send_reset
+ffffffff81a02800 r not_text
+ffffffff81a02900 T tcp_v4_send_synack
+ffffffffc0100000 t tcp_v6_send_reset\t[ipv6]
+ffffffffc0100400 t tcp_v6_rcv\t[ipv6]
+";
+        assert_eq!(
+            reset_fn_ranges_in(k),
+            [
+                0xffffffff81a02000,
+                0xffffffff81a02900,
+                0xffffffffc0100000,
+                0xffffffffc0100400
+            ]
+        );
+        // hidden addresses (kptr_restrict) or a missing function: zeros
+        let hidden = "0000000000000000 t tcp_v4_send_reset\n0000000000000000 T tcp_v4_rcv\n";
+        assert_eq!(reset_fn_ranges_in(hidden), [0; 4]);
+        let last = "ffffffff81a02000 t tcp_v4_send_reset\n";
+        assert_eq!(reset_fn_ranges_in(last), [0; 4]);
+    }
 }

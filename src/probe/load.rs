@@ -68,6 +68,7 @@ macro_rules! open_load {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.filter_netns = $netns;
             ro.ring_bytes = u64::from($cfg.ringbuf_bytes);
+            ro.rst_fns = crate::probe::features::reset_fn_ranges();
         }
         open.maps
             .events
