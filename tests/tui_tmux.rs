@@ -9,6 +9,8 @@ use ctrace::event::{Event, Kind};
 use ctrace::record::{Header, KernelCounters, Line, Trailer, Writer};
 use ctrace::tui::testkit;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ctrace");
 
 struct Tmux {
@@ -284,6 +286,17 @@ fn live_lab_insert_failed_matches_the_kernel() {
         row[0],
         row.last().unwrap()
     );
+    // the BPF links ctrace holds (its fdinfo), to check after it quits
+    let shell: u32 = t.display("#{pane_pid}").parse().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .unwrap_or_default();
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("ctrace runs under the pane's shell");
+    let links = common::held_ids(pid, "link_id:");
+    assert!(!links.is_empty(), "ctrace {pid} holds no BPF link");
     // pausing freezes the view while counting goes on
     t.cmd(&["send-keys", "-t", "t", "p"]);
     t.wait_for("the paused view", Duration::from_secs(5), |s| {
@@ -295,6 +308,18 @@ fn live_lab_insert_failed_matches_the_kernel() {
     });
     assert!(s.contains("ctrace exited 0"), "{s}");
     assert_eq!(t.display("#{alternate_on}"), "0");
+    // and none of its links is left in the kernel
+    let out = Command::new("bpftool")
+        .args(["link", "list", "-j"])
+        .output()
+        .expect("bpftool");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let alive: Vec<u64> = list
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["id"].as_u64()).collect())
+        .unwrap_or_default();
+    let left: Vec<&u64> = links.iter().filter(|id| alive.contains(id)).collect();
+    assert!(left.is_empty(), "links left after q: {left:?} (held {links:?})");
 }
 
 #[test]
