@@ -183,39 +183,43 @@ static __always_inline void ct_nat_port(struct ct_event *e, unsigned long status
 	}
 }
 
+/* `direct`: skb is a trusted BTF pointer (tp_btf and fentry arguments, the
+ * netfilter context), so its fields are plain loads; otherwise (a kprobe's
+ * register) each goes through bpf_probe_read_kernel. The flag is a constant at
+ * every call site: the other branch is compiled away. */
+#define CT_SKB(skb, direct, f) ((direct) ? (skb)->f : BPF_CORE_READ(skb, f))
+
 /* Read the IP and TCP/UDP headers of a packet whose network header is set.
  * Fills family, proto, orig tuple and (TCP) seq/ack/win/flags. Returns the
- * L4 protocol, or -1 when the headers cannot be read. */
-static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *skb)
+ * L4 protocol, or -1 when the headers cannot be read. Two reads of packet
+ * bytes: the network header (40 bytes cover both families) and the L4 one. */
+static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *skb, bool direct)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u8 first;
+	unsigned char *head = CT_SKB(skb, direct, head);
+	__u16 nh = CT_SKB(skb, direct, network_header);
+	union {
+		struct iphdr v4;
+		struct ipv6hdr v6;
+		__u8 first;
+	} ip;
 	__u32 l4off;
 	__u8 proto;
 
-	if (bpf_probe_read_kernel(&first, 1, head + nh))
+	if (bpf_probe_read_kernel(&ip, sizeof(ip.v6), head + nh) &&
+	    bpf_probe_read_kernel(&ip, sizeof(ip.v4), head + nh))
 		return -1;
-	if ((first >> 4) == 4) {
-		struct iphdr ip;
-
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
-			return -1;
+	if ((ip.first >> 4) == 4) {
 		e->family = 4;
-		proto = ip.protocol;
-		__builtin_memcpy(e->orig.src, &ip.saddr, 4);
-		__builtin_memcpy(e->orig.dst, &ip.daddr, 4);
-		l4off = nh + ip.ihl * 4;
-	} else if ((first >> 4) == 6) {
-		struct ipv6hdr ip6;
-
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
-			return -1;
+		proto = ip.v4.protocol;
+		__builtin_memcpy(e->orig.src, &ip.v4.saddr, 4);
+		__builtin_memcpy(e->orig.dst, &ip.v4.daddr, 4);
+		l4off = nh + ip.v4.ihl * 4;
+	} else if ((ip.first >> 4) == 6) {
 		e->family = 6;
-		proto = ip6.nexthdr; /* extension headers are not followed */
-		bpf_probe_read_kernel(e->orig.src, 16, &ip6.saddr);
-		bpf_probe_read_kernel(e->orig.dst, 16, &ip6.daddr);
-		l4off = nh + sizeof(ip6);
+		proto = ip.v6.nexthdr; /* extension headers are not followed */
+		__builtin_memcpy(e->orig.src, &ip.v6.saddr, 16);
+		__builtin_memcpy(e->orig.dst, &ip.v6.daddr, 16);
+		l4off = nh + sizeof(ip.v6);
 	} else {
 		return -1;
 	}
@@ -242,16 +246,17 @@ static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *sk
 	return proto;
 }
 
-static __always_inline __u32 ct_netns_of_skb(struct sk_buff *skb)
+static __always_inline __u32 ct_netns_of_skb(struct sk_buff *skb, bool direct)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = CT_SKB(skb, direct, dev);
 	struct sock *sk;
 
 	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	sk = BPF_CORE_READ(skb, sk);
+		return direct ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	sk = CT_SKB(skb, direct, sk);
 	if (sk)
-		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		return direct ? sk->__sk_common.skc_net.net->ns.inum
+			      : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	return 0;
 }
 

@@ -15,7 +15,7 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 
 	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
 		return 0;
-	netns = ct_netns_of_skb(skb);
+	netns = ct_netns_of_skb(skb, true);
 	if (!ct_netns_wanted(netns))
 		return 0;
 	e = ct_reserve(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT);
@@ -23,7 +23,7 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 		return 0;
 	/* a packet without an IPv4/IPv6 header (ARP, bridge) cannot be described:
 	 * submitted, it would not decode and would count as a lost record */
-	if (ct_read_packet(e, skb) < 0) {
+	if (ct_read_packet(e, skb, true) < 0) {
 		bpf_ringbuf_discard(e, 0);
 		return 0;
 	}
@@ -88,21 +88,22 @@ static __always_inline __u64 rst_caller(void *ctx, __u64 now)
 	return 0;
 }
 
+/* direct: skb is a trusted BTF pointer (tracepoint, fentry), not a kprobe's register */
 static __always_inline void sym_reset(void *ctx, const struct sock *sk, struct sk_buff *skb,
-				      int has_reason, __u32 reason, __u8 source)
+				      int has_reason, __u32 reason, __u8 source, bool direct)
 {
 	struct ct_event *e;
 	__u32 netns;
 
 	if (sk || !skb)
 		return; /* only the RST for a segment that no socket wanted */
-	netns = ct_netns_of_skb(skb);
+	netns = ct_netns_of_skb(skb, direct);
 	if (!ct_netns_wanted(netns))
 		return;
 	e = ct_reserve(CT_KIND_HOST_RST, source);
 	if (!e)
 		return;
-	if (ct_read_packet(e, skb) < 0) {
+	if (ct_read_packet(e, skb, direct) < 0) {
 		bpf_ringbuf_discard(e, 0);
 		return;
 	}
@@ -119,35 +120,35 @@ static __always_inline void sym_reset(void *ctx, const struct sock *sk, struct s
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(sym_send_reset, const struct sock *sk, struct sk_buff *skb, int reason)
 {
-	sym_reset(ctx, sk, skb, 1, reason, CT_SRC_TRACEPOINT);
+	sym_reset(ctx, sk, skb, 1, reason, CT_SRC_TRACEPOINT, true);
 	return 0;
 }
 
 SEC("kprobe/tcp_v4_send_reset")
 int BPF_KPROBE(sym_v4_reset_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_KPROBE);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_KPROBE, false);
 	return 0;
 }
 
 SEC("kprobe/tcp_v6_send_reset")
 int BPF_KPROBE(sym_v6_reset_kprobe, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_KPROBE);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_KPROBE, false);
 	return 0;
 }
 
 SEC("fentry/tcp_v4_send_reset")
 int BPF_PROG(sym_v4_reset_fentry, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_FENTRY);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_FENTRY, true);
 	return 0;
 }
 
 SEC("fentry/tcp_v6_send_reset")
 int BPF_PROG(sym_v6_reset_fentry, const struct sock *sk, struct sk_buff *skb)
 {
-	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_FENTRY);
+	sym_reset(ctx, sk, skb, 0, 0, CT_SRC_FENTRY, true);
 	return 0;
 }
 

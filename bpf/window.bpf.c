@@ -338,7 +338,7 @@ int win_nf(struct bpf_nf_ctx *ctx)
 	e = ct_reserve(CT_KIND_TCP_INVALID, CT_SRC_NETFILTER);
 	if (!e)
 		return NF_ACCEPT;
-	if (ct_read_packet(e, skb) != IPPROTO_TCP) {
+	if (ct_read_packet(e, skb, true) != IPPROTO_TCP) {
 		bpf_ringbuf_discard(e, 0);
 		return NF_ACCEPT;
 	}
