@@ -476,7 +476,10 @@ fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
     // each with the kernel code that sent it: no socket wanted the segment
     for e in of_kind(&rec, Kind::HostRst, node) {
         let loc = e.location.as_deref().unwrap_or("none");
-        assert!(loc.starts_with("tcp_v4_rcv+"), "host_rst location {loc}: {e:?}");
+        assert!(
+            loc.starts_with("tcp_v4_rcv+"),
+            "host_rst location {loc}: {e:?}"
+        );
     }
     assert_eq!(rsts, cases.iter().map(|c| c.node_rst).sum::<u64>());
     // one fresh NATed connection per case, nothing else

@@ -288,8 +288,8 @@ fn live_lab_insert_failed_matches_the_kernel() {
     );
     // the BPF links ctrace holds (its fdinfo), to check after it quits
     let shell: u32 = t.display("#{pane_pid}").parse().unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
     let pid: u32 = children
         .split_whitespace()
         .next()
@@ -319,7 +319,10 @@ fn live_lab_insert_failed_matches_the_kernel() {
         .map(|a| a.iter().filter_map(|l| l["id"].as_u64()).collect())
         .unwrap_or_default();
     let left: Vec<&u64> = links.iter().filter(|id| alive.contains(id)).collect();
-    assert!(left.is_empty(), "links left after q: {left:?} (held {links:?})");
+    assert!(
+        left.is_empty(),
+        "links left after q: {left:?} (held {links:?})"
+    );
 }
 
 #[test]
