@@ -38,16 +38,8 @@ fn print(d: &Document, json: bool) {
 pub fn run(a: &CheckArgs) -> Result<i32> {
     validate_fail_on(&a.fail_on)?;
     let stop = crate::cmd_record::stop_on_signals()?;
-    // traffic starts once the probes are attached (below)
-    let mut lab = match a.lab {
-        Some(kind) => Some(crate::lab::Background::start_paused(kind, "ctlab")?),
-        None => None,
-    };
     let mut cfg = SessionConfig::from(&a.trace);
-    if let Some(l) = &lab {
-        cfg.netns = Some(l.node_netns().to_string());
-        cfg.lab = true;
-    }
+    let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
     // The node's configuration, read in the traced netns (from a helper
     // thread: Session::start moves this thread into it).
     let node = crate::node::read_state(std::path::Path::new("/"), cfg.netns.as_deref());

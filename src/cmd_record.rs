@@ -30,16 +30,8 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         None => Writer::stdout(),
     };
     let stop = stop_on_signals()?;
-    let mut lab = match a.lab {
-        // traffic starts once the probes are attached
-        Some(kind) => Some(crate::lab::Background::start_paused(kind, "ctlab")?),
-        None => None,
-    };
     let mut cfg = SessionConfig::from(&a.trace);
-    if let Some(l) = &lab {
-        cfg.netns = Some(l.node_netns().to_string());
-        cfg.lab = true;
-    }
+    let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
     let session = Session::start(&cfg)?;
     if let Some(l) = lab.as_mut() {
         l.resume();

@@ -211,6 +211,21 @@ impl Background {
         })
     }
 
+    /// For `record/top/check --lab`: builds the lab with its traffic held back
+    /// and points the session at its node. The caller resumes the traffic once
+    /// the session is attached, so that every failure the kernel counts is one
+    /// ctrace saw.
+    pub fn for_session(
+        kind: Option<LabKind>,
+        cfg: &mut crate::session::SessionConfig,
+    ) -> Result<Option<Background>> {
+        let Some(kind) = kind else { return Ok(None) };
+        let b = Self::start_paused(kind, "ctlab")?;
+        cfg.netns = Some(b.node_netns().to_string());
+        cfg.lab = true;
+        Ok(Some(b))
+    }
+
     /// Lets the traffic run.
     pub fn resume(&mut self) {
         self.go.store(true, Ordering::Relaxed);

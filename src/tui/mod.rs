@@ -56,20 +56,11 @@ pub fn run(a: &TopArgs) -> Result<i32> {
     }
     need_terminal()?;
     let stop = crate::cmd_record::stop_on_signals()?;
-    // the lab's traffic starts once the probes are attached: every failure
-    // the kernel counts is then one ctrace saw
-    let mut lab = match a.lab {
-        Some(kind) => Some(crate::lab::Background::start_paused(kind, "ctlab")?),
-        None => None,
-    };
     let mut cfg = SessionConfig::from(&a.trace);
-    let origin = match (&lab, a.lab) {
-        (Some(l), Some(kind)) => {
-            cfg.netns = Some(l.node_netns().to_string());
-            cfg.lab = true;
-            Origin::Lab(lab_name(kind).into())
-        }
-        _ => Origin::Live,
+    let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
+    let origin = match a.lab {
+        Some(kind) => Origin::Lab(lab_name(kind).into()),
+        None => Origin::Live,
     };
     let (tx, rx) = mpsc::sync_channel(256);
     let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone())?;
