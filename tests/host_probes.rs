@@ -93,26 +93,14 @@ fn our_progs(pid: u32) -> BTreeSet<u64> {
 }
 
 fn all_prog_ids() -> BTreeSet<u64> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
+    common::bpftool_list("prog")
         .iter()
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }
 
 fn links_of(progs: &BTreeSet<u64>) -> usize {
-    let out = Command::new("bpftool")
-        .args(["link", "show", "-j"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
+    common::bpftool_list("link")
         .iter()
         .filter(|l| l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)))
         .count()

@@ -504,15 +504,7 @@ fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
 /// Link ids whose program has one of ctrace's names (prefixes nat_,
 /// confirm_, win_, sym_), from bpftool.
 fn ctrace_links() -> BTreeSet<u64> {
-    let j = |args: &[&str]| -> Value {
-        let out = Command::new("bpftool").args(args).output().unwrap();
-        assert!(out.status.success(), "bpftool {args:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let progs = j(&["prog", "show", "-j"]);
-    let ours: BTreeSet<u64> = progs
-        .as_array()
-        .unwrap()
+    let ours: BTreeSet<u64> = common::bpftool_list("prog")
         .iter()
         .filter(|p| {
             p["name"].as_str().is_some_and(|n| {
@@ -523,9 +515,7 @@ fn ctrace_links() -> BTreeSet<u64> {
         })
         .filter_map(|p| p["id"].as_u64())
         .collect();
-    j(&["link", "show", "-j"])
-        .as_array()
-        .unwrap()
+    common::bpftool_list("link")
         .iter()
         .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
         .filter_map(|l| l["id"].as_u64())

@@ -309,15 +309,10 @@ fn live_lab_insert_failed_matches_the_kernel() {
     assert!(s.contains("ctrace exited 0"), "{s}");
     assert_eq!(t.display("#{alternate_on}"), "0");
     // and none of its links is left in the kernel
-    let out = Command::new("bpftool")
-        .args(["link", "list", "-j"])
-        .output()
-        .expect("bpftool");
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let alive: Vec<u64> = list
-        .as_array()
-        .map(|a| a.iter().filter_map(|l| l["id"].as_u64()).collect())
-        .unwrap_or_default();
+    let alive: Vec<u64> = common::bpftool_list("link")
+        .iter()
+        .filter_map(|l| l["id"].as_u64())
+        .collect();
     let left: Vec<&u64> = links.iter().filter(|id| alive.contains(id)).collect();
     assert!(
         left.is_empty(),

@@ -32,3 +32,17 @@ pub fn kernel_at_least(maj: u32, min: u32) -> bool {
     let b: u32 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     (a, b) >= (maj, min)
 }
+
+/// `bpftool <object> show -j`: the kernel's own list of BPF programs or links
+/// (`object` is "prog" or "link"), one JSON object each.
+pub fn bpftool_list(object: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .args([object, "show", "-j"])
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "bpftool {object} show -j failed");
+    match serde_json::from_slice(&out.stdout) {
+        Ok(serde_json::Value::Array(v)) => v,
+        other => panic!("bpftool {object} show -j: not a JSON list: {other:?}"),
+    }
+}
