@@ -2,7 +2,41 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::lab::LabKind;
+pub use crate::probe::Mode;
+
+// The engine's enums take their command-line spelling here, so that the
+// engine needs no clap and no enum is written twice.
+impl ValueEnum for Mode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Mode::Auto, Mode::Fentry, Mode::Kprobe, Mode::Stable]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Mode::Auto => "The best hook that works, chosen per probe",
+            Mode::Fentry => "fentry/fexit programs",
+            Mode::Kprobe => "kprobes and kretprobes",
+            Mode::Stable => "Tracepoints and netfilter BPF hooks only (no kprobes, no fentry)",
+        };
+        Some(PossibleValue::new(self.name()).help(help))
+    }
+}
+
+impl ValueEnum for LabKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LabKind::SnatRace, LabKind::InvalidRst]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            LabKind::SnatRace => "SNAT port-allocation race ending in conntrack insert failures",
+            LabKind::InvalidRst => "Out-of-window segments, INVALID verdicts and the node's RST",
+        };
+        Some(PossibleValue::new(self.name()).help(help))
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,21 +72,11 @@ pub enum Command {
     Lab(LabArgs),
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModeArg {
-    /// The best hook that works, chosen per probe.
-    Auto,
-    Fentry,
-    Kprobe,
-    /// Tracepoints and netfilter BPF hooks only (no kprobes, no fentry).
-    Stable,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
     /// How to attach: auto chooses per probe, best first.
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
     /// Network namespace whose conntrack to trace: a name under /run/netns, a path,
     /// or pid:N. Default: ctrace's own (the host's).
     #[arg(long, value_name = "NAME|PATH")]
@@ -80,14 +104,6 @@ pub struct ProbesArgs {
     /// Print the detected kernel feature set (the resolver's input) as JSON.
     #[arg(long)]
     pub features: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LabKind {
-    /// SNAT port-allocation race ending in conntrack insert failures.
-    SnatRace,
-    /// Out-of-window segments, INVALID verdicts and the node's RST.
-    InvalidRst,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::TraceArgs;
 use crate::ctstat::{CtNetlink, Snapshot};
 use crate::event::Event;
 use crate::pipeline::{Batch, BtfNames, Pipeline};
@@ -26,19 +25,6 @@ pub struct SessionConfig {
     /// A lab's node, traced before its traffic starts: an empty table is
     /// expected there, not worth a note.
     pub lab: bool,
-}
-
-impl From<&TraceArgs> for SessionConfig {
-    fn from(a: &TraceArgs) -> Self {
-        SessionConfig {
-            mode: a.mode.into(),
-            netns: a.netns.clone(),
-            all_netns: a.all_netns,
-            symptoms_here: a.symptoms_here,
-            ringbuf_mb: a.ringbuf_mb,
-            lab: false,
-        }
-    }
 }
 
 /// What is left when a session ends.

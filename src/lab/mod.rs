@@ -18,28 +18,48 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
-use crate::cli::{LabArgs, LabKind};
+/// The reproducers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabKind {
+    /// SNAT port-allocation race ending in conntrack insert failures.
+    SnatRace,
+    /// Out-of-window segments, INVALID verdicts and the node's RST.
+    InvalidRst,
+}
+
+impl LabKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LabKind::SnatRace => "snat-race",
+            LabKind::InvalidRst => "invalid-rst",
+        }
+    }
+}
+
+/// What `ctrace lab` was asked for.
+#[derive(Clone, Debug)]
+pub struct LabArgs {
+    pub kind: LabKind,
+    pub json: bool,
+    /// Prefix for the namespaces the lab creates (must not exist yet).
+    pub prefix: String,
+    pub rounds: u32,
+    /// Keep running the traffic in a loop until stopped.
+    pub repeat: bool,
+}
 use topology::{stopped, Stop, Topology};
 
 /// Upper bound on `--rounds`.
 pub const MAX_ROUNDS: u32 = 200;
 
-fn signal_stop() -> Result<Stop> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing a signal handler")?;
-    }
-    Ok(stop)
-}
-
-pub fn run(a: &LabArgs) -> Result<i32> {
+/// Runs a lab until it is done or `stop` is set.
+pub fn run(a: &LabArgs, stop: &Stop) -> Result<i32> {
     if a.rounds == 0 || a.rounds > MAX_ROUNDS {
         anyhow::bail!("--rounds must be between 1 and {MAX_ROUNDS}");
     }
-    let stop = signal_stop()?;
     if a.repeat {
         let mut bg = Background::start_paused(a.kind, &a.prefix)?;
         bg.resume();
@@ -50,15 +70,15 @@ pub fn run(a: &LabArgs) -> Result<i32> {
             bg.node_netns()
         );
         let t0 = Instant::now();
-        while !stopped(&stop) && !bg.finished() && t0.elapsed() < Background::MAX_TIME {
+        while !stopped(stop) && !bg.finished() && t0.elapsed() < Background::MAX_TIME {
             std::thread::sleep(Duration::from_millis(100));
         }
         drop(bg);
         return Ok(crate::exit::OK);
     }
     match a.kind {
-        LabKind::SnatRace => run_snat(a, &stop),
-        LabKind::InvalidRst => run_invalid(a, &stop),
+        LabKind::SnatRace => run_snat(a, stop),
+        LabKind::InvalidRst => run_invalid(a, stop),
     }
 }
 

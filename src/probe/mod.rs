@@ -9,10 +9,7 @@ pub mod features;
 pub mod load;
 pub mod plan;
 
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
-
-use crate::cli::{ModeArg, ProbesArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,41 +81,4 @@ impl Mode {
             Mode::Stable => "stable",
         }
     }
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Mode {
-        match m {
-            ModeArg::Auto => Mode::Auto,
-            ModeArg::Fentry => Mode::Fentry,
-            ModeArg::Kprobe => Mode::Kprobe,
-            ModeArg::Stable => Mode::Stable,
-        }
-    }
-}
-
-/// `ctrace probes`: the resolution table for this kernel.
-pub fn cmd_probes(a: &ProbesArgs) -> Result<i32> {
-    crate::sys::require_tracing_privileges()?;
-    crate::sys::require_btf()?;
-    if let Some(ns) = &a.trace.netns {
-        crate::netns::enter(ns)?;
-    }
-    let mode = Mode::from(a.trace.mode);
-    if a.features {
-        let f = features::detect_all();
-        println!("{}", serde_json::to_string_pretty(&f)?);
-        return Ok(crate::exit::OK);
-    }
-    let (plan, _f) = load::resolve_by_trying(mode, &load::Config::default());
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
-    } else {
-        print!("{}", plan.render());
-    }
-    Ok(if plan.probes.iter().any(|p| p.chosen.is_none()) {
-        crate::exit::ERROR
-    } else {
-        crate::exit::OK
-    })
 }

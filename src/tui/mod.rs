@@ -34,7 +34,7 @@ use ratatui::crossterm::{
 };
 use ratatui::Terminal;
 
-use crate::cli::{LabKind, TopArgs};
+use crate::cli::TopArgs;
 use crate::ctstat::{CpuStats, Snapshot};
 use crate::session::{Session, SessionConfig};
 
@@ -55,11 +55,11 @@ pub fn run(a: &TopArgs) -> Result<i32> {
         return run_replay(a, path);
     }
     need_terminal()?;
-    let stop = crate::cmd_record::stop_on_signals()?;
-    let mut cfg = SessionConfig::from(&a.trace);
+    let stop = crate::cmd::run::stop_on_signals()?;
+    let mut cfg = crate::cmd::session_config(&a.trace);
     let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
     let origin = match a.lab {
-        Some(kind) => Origin::Lab(lab_name(kind).into()),
+        Some(kind) => Origin::Lab(crate::lab::LabKind::name(kind).into()),
         None => Origin::Live,
     };
     let (tx, rx) = mpsc::sync_channel(256);
@@ -83,13 +83,6 @@ fn need_terminal() -> Result<()> {
         bail!("ctrace top needs a terminal; to save events to a file use 'ctrace record -o FILE'");
     }
     Ok(())
-}
-
-fn lab_name(k: LabKind) -> &'static str {
-    match k {
-        LabKind::SnatRace => "snat-race",
-        LabKind::InvalidRst => "invalid-rst",
-    }
 }
 
 fn run_replay(a: &TopArgs, path: &Path) -> Result<i32> {
@@ -126,7 +119,7 @@ fn run_replay(a: &TopArgs, path: &Path) -> Result<i32> {
     }
     let feed = ReplayFeed::new(rec.events, header.start_mono_ns, end, a.speed);
     need_terminal()?;
-    let stop = crate::cmd_record::stop_on_signals()?;
+    let stop = crate::cmd::run::stop_on_signals()?;
     let (tx, rx) = mpsc::sync_channel(256);
     ui_loop(&mut app, rx, tx, a.interval, &stop, Some(feed))?;
     Ok(crate::exit::OK)

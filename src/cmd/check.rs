@@ -5,15 +5,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::cli::{CheckArgs, DoctorArgs};
+use crate::cli::CheckArgs;
 use crate::findings::doc::{agreement_per_cpu, facts, insert_failed_per_cpu, Document};
-use crate::findings::{
-    counts_for_exit, evaluate, node_findings, validate_fail_on, Aggregate, Input,
-};
-use crate::session::{Session, SessionConfig};
+use crate::findings::{counts_for_exit, evaluate, validate_fail_on, Aggregate, Input};
+use crate::session::Session;
 use crate::stats::kind_counts;
 
-fn exit_code(d: &Document, fail_on: &[String], node_only: bool) -> i32 {
+pub(crate) fn exit_code(d: &Document, fail_on: &[String], node_only: bool) -> i32 {
     if d.findings
         .iter()
         .any(|f| counts_for_exit(f, fail_on, node_only))
@@ -24,7 +22,7 @@ fn exit_code(d: &Document, fail_on: &[String], node_only: bool) -> i32 {
     }
 }
 
-fn print(d: &Document, json: bool) {
+pub(crate) fn print(d: &Document, json: bool) {
     for w in &d.warnings {
         eprintln!("ctrace: warning: {w}");
     }
@@ -37,8 +35,8 @@ fn print(d: &Document, json: bool) {
 
 pub fn run(a: &CheckArgs) -> Result<i32> {
     validate_fail_on(&a.fail_on)?;
-    let stop = crate::cmd_record::stop_on_signals()?;
-    let mut cfg = SessionConfig::from(&a.trace);
+    let stop = crate::cmd::run::stop_on_signals()?;
+    let mut cfg = crate::cmd::session_config(&a.trace);
     let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
     // The node's configuration, read in the traced netns (from a helper
     // thread: Session::start moves this thread into it).
@@ -134,44 +132,6 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     }
     d.node = Some(node);
     d.exit = exit_code(&d, &a.fail_on, false);
-    print(&d, a.json);
-    Ok(d.exit)
-}
-
-pub fn doctor(a: &DoctorArgs) -> Result<i32> {
-    if let Some(spec) = &a.netns {
-        // a clear error for a netns that does not exist; entering it is tried later
-        crate::netns::resolve(spec)?;
-    }
-    let node = crate::node::read_state(&a.root, a.netns.as_deref());
-    if node.sysctl.tcp_be_liberal.is_none()
-        && node.rules.is_none()
-        && node.kernel.is_none()
-        && node.boot == Default::default()
-    {
-        anyhow::bail!(
-            "nothing of the node's configuration could be read under {}: {}",
-            a.root.display(),
-            node.notes.join("; ")
-        );
-    }
-    let agg = Aggregate::default();
-    let input = Input {
-        agg: &agg,
-        kernel_counters: None,
-        duration_s: 0.0,
-        lost: 0,
-        table_fill: None,
-        node: Some(&node),
-        kernel: node.kernel.as_deref(),
-    };
-    let mut d = Document::new("doctor");
-    d.kernel = node.kernel.clone();
-    d.netns = a.netns.clone();
-    d.facts = facts(&input);
-    d.findings = node_findings(&node);
-    d.node = Some(node);
-    d.exit = exit_code(&d, &[], true);
     print(&d, a.json);
     Ok(d.exit)
 }

@@ -1,26 +1,15 @@
 //! `ctrace record`: a one-shot recording, valid even when interrupted.
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::RecordArgs;
 use crate::record::{Line, Trailer, Writer};
-use crate::session::{Session, SessionConfig};
+use crate::session::Session;
 use crate::symbolize::KernelSymbols;
-
-/// SIGINT and SIGTERM set the returned flag instead of killing the process, so
-/// every exit path writes a trailer and detaches the probes.
-pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing a signal handler")?;
-    }
-    Ok(stop)
-}
 
 pub fn run(a: &RecordArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
@@ -29,8 +18,8 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         Some(p) => Writer::create(p)?,
         None => Writer::stdout(),
     };
-    let stop = stop_on_signals()?;
-    let mut cfg = SessionConfig::from(&a.trace);
+    let stop = super::run::stop_on_signals()?;
+    let mut cfg = crate::cmd::session_config(&a.trace);
     let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
     let session = Session::start(&cfg)?;
     if let Some(l) = lab.as_mut() {
