@@ -1,10 +1,10 @@
-//! Generates one libbpf-rs skeleton per logical probe from the C under `bpf/`.
+//! Generates one libbpf-rs skeleton per probe room: every `src/probe/<name>/<name>.bpf.c`
+//! becomes `<name>.skel.rs` in OUT_DIR (included by src/abi.rs). A new probe is a
+//! new room; nothing here lists them.
 use std::env;
 use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
-
-const PROBES: &[&str] = &["nat", "confirm", "window", "symptoms"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
@@ -19,12 +19,24 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let vmlinux = manifest.join("vmlinux").join(vmlinux_arch);
     let bpf = manifest.join("bpf");
+    let rooms = manifest.join("src").join("probe");
 
-    for probe in PROBES {
-        let src = bpf.join(format!("{probe}.bpf.c"));
+    let mut probes: Vec<(String, PathBuf)> = std::fs::read_dir(&rooms)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", rooms.display()))
+        .filter_map(|d| d.ok())
+        .filter_map(|d| {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let src = d.path().join(format!("{name}.bpf.c"));
+            src.is_file().then_some((name, src))
+        })
+        .collect();
+    probes.sort();
+    assert!(!probes.is_empty(), "no src/probe/<name>/<name>.bpf.c found");
+    println!("cargo:rerun-if-changed={}", rooms.display());
+    for (probe, src) in &probes {
         let skel = out.join(format!("{probe}.skel.rs"));
         SkeletonBuilder::new()
-            .source(&src)
+            .source(src)
             .clang_args([
                 format!("-I{}", vmlinux.display()),
                 format!("-I{}", bpf.display()),
@@ -36,11 +48,9 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {}: {e:#}", src.display()));
         println!("cargo:rerun-if-changed={}", src.display());
     }
-    println!("cargo:rerun-if-changed={}", bpf.join("ctrace.h").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        bpf.join("common.bpf.h").display()
-    );
+    for h in ["ctrace.h", "common.bpf.h"] {
+        println!("cargo:rerun-if-changed={}", bpf.join(h).display());
+    }
     println!(
         "cargo:rerun-if-changed={}",
         vmlinux.join("vmlinux.h").display()

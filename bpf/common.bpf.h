@@ -27,6 +27,7 @@ const volatile __u64 rst_fns[4] = {};
 
 /* A dummy global so that the skeleton generates the Rust type of the record. */
 struct ct_event ct_event_abi = {};
+struct ct_abi ct_abi_enums = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

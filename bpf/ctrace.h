@@ -36,14 +36,33 @@ enum ct_reason {
 };
 
 /* flags */
-#define CT_F_TASK 0x01         /* pid/comm/cgroup are from a task context (not softirq) */
-#define CT_F_REPLY 0x02        /* reply tuple is set */
-#define CT_F_REMAPPED 0x04     /* NAT changed the port */
-#define CT_F_MASKED 0x08       /* window: proposed INVALID, accepted because of be_liberal */
-#define CT_F_RANDOM_FULLY 0x10 /* NAT range had NF_NAT_RANGE_PROTO_RANDOM_FULLY */
-#define CT_F_WINDOW 0x20       /* td_* window bounds are set */
-#define CT_F_SNAT 0x40
-#define CT_F_DNAT 0x80
+enum ct_flag {
+	CT_F_TASK = 0x01,         /* pid/comm/cgroup are from a task context (not softirq) */
+	CT_F_REPLY = 0x02,        /* reply tuple is set */
+	CT_F_REMAPPED = 0x04,     /* NAT changed the port */
+	CT_F_MASKED = 0x08,       /* window: proposed INVALID, accepted because of be_liberal */
+	CT_F_RANDOM_FULLY = 0x10, /* NAT range had NF_NAT_RANGE_PROTO_RANDOM_FULLY */
+	CT_F_WINDOW = 0x20,       /* td_* window bounds are set */
+	CT_F_SNAT = 0x40,
+	CT_F_DNAT = 0x80,
+};
+
+/* The typed window log (enum nf_tcp_invalid_log_type of Debian's 6.1/6.12),
+ * carried in drop_reason with CT_R_WIN_TYPED. */
+enum ct_win_log {
+	CT_WIN_LOG_LEN_LONG = 1,   /* "%u bytes more than expected" */
+	CT_WIN_LOG_SEQ_OVER = 2,   /* SEQ is over upper bound */
+	CT_WIN_LOG_ACK_OVER = 3,   /* ACK is over upper bound */
+	CT_WIN_LOG_SEQ_UNDER = 4,  /* SEQ is under lower bound */
+	CT_WIN_LOG_ACK_UNDER = 5,  /* ignored ACK under lower bound */
+};
+
+/* The window verdict (enum nf_ct_tcp_action): verdict and final_verdict. */
+enum ct_verdict {
+	CT_V_IGNORE = 0,
+	CT_V_INVALID = 1,
+	CT_V_ACCEPT = 2,
+};
 
 /* where the event was produced (which hook flavour) */
 enum ct_source {
@@ -88,6 +107,18 @@ struct ct_event {
 	struct ct_tuple reply;
 	char comm[16];
 	char reason_text[64];
+};
+
+/* Every enum of the ABI in one struct, instantiated once in common.bpf.h, so
+ * that the skeleton generates their Rust types (src/abi.rs reads the values
+ * from there: no number is copied by hand). */
+struct ct_abi {
+	enum ct_kind kind;
+	enum ct_reason reason;
+	enum ct_flag flag;
+	enum ct_source source;
+	enum ct_win_log win_log;
+	enum ct_verdict verdict;
 };
 
 #endif

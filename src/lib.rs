@@ -3,7 +3,7 @@
 //! kernel's counters) is kept apart from the user interfaces (record, top,
 //! report, check) that read its event stream.
 
-pub mod bpf;
+pub mod abi;
 pub mod cli;
 pub mod cmd;
 pub mod ctstat;

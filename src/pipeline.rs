@@ -1,4 +1,4 @@
-//! Ring buffers -> decoded events -> a bounded channel, on one thin thread.
+//! The ring buffer -> decoded events -> a bounded channel, on one thin thread.
 //! Decoding happens here (it is cheap and checks the record's size); anything
 //! heavier (symbolizing, aggregation, output) happens on the consumer's side.
 //! When the consumer falls behind, the channel fills, the ring buffers fill and
@@ -74,7 +74,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn start(maps: Vec<MapHandle>, names: BtfNames) -> Result<Pipeline> {
+    /// Polls the one ring buffer every probe writes to.
+    pub fn start(ring: MapHandle, names: BtfNames) -> Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
         let bad = Arc::new(AtomicU64::new(0));
         let decoded = Arc::new(AtomicU64::new(0));
@@ -85,11 +86,11 @@ impl Pipeline {
             .spawn(move || -> Result<()> {
                 let batch: Rc<RefCell<Batch>> = Rc::new(RefCell::new(Vec::with_capacity(1024)));
                 let mut b = RingBufferBuilder::new();
-                for m in &maps {
+                {
                     let batch = batch.clone();
                     let bad = bad2.clone();
                     let names = &names;
-                    b.add(m, move |data: &[u8]| {
+                    b.add(&ring, move |data: &[u8]| {
                         match event::decode(data, names) {
                             Ok(e) => batch.borrow_mut().push(e),
                             Err(_) => {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use crate::ctstat::{CtNetlink, Snapshot};
 use crate::event::Event;
 use crate::pipeline::{Batch, BtfNames, Pipeline};
-use crate::probe::load::{self, Config, Loaded};
+use crate::probe::load::{self, Config, Loaded, Shared};
 use crate::probe::plan::Plan;
 use crate::probe::{features::Features, Mode, Probe};
 use crate::record::Header;
@@ -49,6 +49,7 @@ pub struct Session {
     /// Notes from attaching: degradations the user should know about.
     pub notes: Vec<String>,
     probes: Vec<Loaded>,
+    shared: Shared,
     pipeline: Pipeline,
     ct: Option<CtNetlink>,
     baseline: Option<Snapshot>,
@@ -81,7 +82,8 @@ impl Session {
             symptoms_netns: if cfg.symptoms_here { netns } else { 0 },
             ringbuf_bytes: cfg.ringbuf_mb << 20,
         };
-        let (plan, features, kept) = load::resolve_by_trying_kept(cfg.mode, &lcfg);
+        let shared = Shared::create(lcfg.ringbuf_bytes)?;
+        let (plan, features, kept) = load::resolve_by_trying_kept(cfg.mode, &lcfg, &shared);
         let conntrack_probes = [Probe::Nat, Probe::Confirm, Probe::Window];
         if conntrack_probes
             .iter()
@@ -97,7 +99,11 @@ impl Session {
         // counters are read again just before attaching, so that failures in
         // between are not counted as ones ctrace missed.
         let baseline = ct.per_cpu().unwrap_or(baseline);
-        let probes = load::attach_plan_kept(&plan, &lcfg, kept)?;
+        // The session starts before the first program is attached: no event
+        // can be stamped before the header's start_mono_ns.
+        let start_mono_ns = crate::sys::monotonic_ns();
+        let start_wall = crate::record::now_rfc3339();
+        let probes = load::attach_plan_kept(&plan, &lcfg, &shared, kept)?;
         let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
         let t = baseline.total();
         if !cfg.lab
@@ -120,23 +126,21 @@ impl Session {
                 ));
             }
         }
-        let maps = probes
-            .iter()
-            .map(|p| libbpf_rs::MapHandle::try_from(&p.events))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .context("duplicating ring buffer handles")?;
-        let pipeline = Pipeline::start(maps, BtfNames::load())?;
+        let ring = libbpf_rs::MapHandle::try_from(&shared.events)
+            .context("duplicating the ring buffer handle")?;
+        let pipeline = Pipeline::start(ring, BtfNames::load())?;
         Ok(Session {
             plan,
             features,
             netns,
             kernel: crate::sys::kernel_release(),
             hostname: crate::sys::hostname(),
-            start_mono_ns: crate::sys::monotonic_ns(),
-            start_wall: crate::record::now_rfc3339(),
+            start_mono_ns,
+            start_wall,
             attach_time: t0.elapsed(),
             notes,
             probes,
+            shared,
             pipeline,
             ct: Some(ct),
             baseline: Some(baseline),
@@ -151,7 +155,7 @@ impl Session {
     /// Records the kernel could not write (ring buffer full) plus records that
     /// did not decode.
     pub fn lost(&self) -> u64 {
-        self.probes.iter().map(|p| p.lost()).sum::<u64>()
+        self.shared.lost()
             + self
                 .pipeline
                 .bad_records
@@ -180,11 +184,30 @@ impl Session {
             .probes
             .iter()
             .map(|p| {
-                let v = serde_json::json!({
+                // the netfilter slots actually taken (another BPF hook may
+                // hold the preferred priority)
+                let attached: Vec<serde_json::Value> = self
+                    .probes
+                    .iter()
+                    .filter(|l| l.probe == p.probe)
+                    .flat_map(|l| l.nf_attached.iter())
+                    .map(|(prog, pf, hook, prio)| {
+                        serde_json::json!({
+                            "program": prog,
+                            "family": if *pf == libbpf_rs::NFPROTO_IPV6 { "ipv6" } else { "ipv4" },
+                            "hook": crate::event::hook_name(*hook as u8),
+                            "priority": prio,
+                        })
+                    })
+                    .collect();
+                let mut v = serde_json::json!({
                     "mode": p.chosen.map(|f| f.name()),
                     "hooks": p.hooks,
                     "notes": p.notes,
                 });
+                if !attached.is_empty() {
+                    v["netfilter"] = serde_json::Value::Array(attached);
+                }
                 (p.probe.name().to_string(), v)
             })
             .collect();

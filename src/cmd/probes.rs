@@ -12,12 +12,16 @@ pub fn run(a: &ProbesArgs) -> Result<i32> {
     }
     let mode = a.trace.mode;
     if a.features {
-        let f = crate::probe::features::detect_all();
+        let f = crate::probe::load::detect_all()?;
         println!("{}", serde_json::to_string_pretty(&f)?);
         return Ok(crate::exit::OK);
     }
-    let (plan, _f) =
-        crate::probe::load::resolve_by_trying(mode, &crate::probe::load::Config::default());
+    let cfg = crate::probe::load::Config::default();
+    let (plan, _f) = crate::probe::load::resolve_by_trying(
+        mode,
+        &cfg,
+        &crate::probe::load::Shared::create(cfg.ringbuf_bytes)?,
+    );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {

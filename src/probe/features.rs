@@ -8,23 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Flavour, Probe};
 
-/// Kernel functions the probes hook or that the design names as candidates.
-pub const SYMBOLS: &[&str] = &[
-    "nf_nat_l4proto_unique_tuple",
-    "get_unique_tuple",
-    "nf_nat_setup_info",
-    "__nf_conntrack_confirm",
-    "nf_ct_resolve_clash",
-    "__nf_ct_resolve_clash",
-    "tcp_in_window",
-    "nf_conntrack_tcp_packet",
-    "nf_tcp_log_invalid",
-    "nf_ct_l4proto_log_invalid",
-    "nf_l4proto_log_invalid",
-    "tcp_v4_send_reset",
-    "tcp_v6_send_reset",
-];
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Features {
     pub kernel: String,
@@ -33,7 +16,7 @@ pub struct Features {
     pub btf: bool,
     /// The kprobe PMU exists (kprobes are built in and can be attached).
     pub kprobe_pmu: bool,
-    /// Each of SYMBOLS: present in /proc/kallsyms?
+    /// Each symbol a probe names (`probe::symbols()`): present in /proc/kallsyms?
     pub symbols: BTreeMap<String, bool>,
     /// kfree_skb's tracepoint carries a drop reason (5.17+).
     pub kfree_skb_reason: bool,
@@ -66,15 +49,15 @@ impl Features {
 }
 
 /// Everything that can be known without loading a program.
-pub fn detect_static() -> Features {
-    detect_static_at(Path::new("/"))
+pub fn detect_static(symbols: &[&str]) -> Features {
+    detect_static_at(Path::new("/"), symbols)
 }
 
 /// The same, with /proc and /sys read under `root` (tests point it at fixtures).
-pub fn detect_static_at(root: &Path) -> Features {
+pub fn detect_static_at(root: &Path, wanted: &[&str]) -> Features {
     let kallsyms = std::fs::read_to_string(root.join("proc/kallsyms")).unwrap_or_default();
     let mut symbols: BTreeMap<String, bool> =
-        SYMBOLS.iter().map(|s| (s.to_string(), false)).collect();
+        wanted.iter().map(|s| (s.to_string(), false)).collect();
     for line in kallsyms.lines() {
         // "ffffffff81f8ec20 T __nf_conntrack_confirm\t[nf_conntrack]"
         let mut it = line.split_whitespace();
@@ -183,19 +166,6 @@ fn btf_facts(path: &Path) -> (bool, bool) {
         .unwrap_or(false);
     let rst = btf.type_by_name::<Enum>("sk_rst_reason").is_some();
     (reason, rst)
-}
-
-/// Static facts plus a load attempt of every probe in every flavour: the full
-/// feature set, as captured in the fixtures.
-pub fn detect_all() -> Features {
-    let mut f = detect_static();
-    let cfg = super::load::Config::default();
-    for p in Probe::ALL {
-        for fl in [Flavour::Fentry, Flavour::Kprobe, Flavour::Stable] {
-            super::load::try_load_into(p, fl, &mut f, &cfg);
-        }
-    }
-    f
 }
 
 #[cfg(test)]

@@ -2,19 +2,14 @@
 //! programs; this module only executes it. Every link is owned by [`Loaded`]:
 //! dropping it detaches everything (no pinning, so nothing outlives ctrace).
 
-use std::any::Any;
 use std::collections::BTreeSet;
-use std::mem::MaybeUninit;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapHandle, Object, OpenObject};
-use libbpf_rs::{
-    NetfilterOpts, NFPROTO_IPV4, NFPROTO_IPV6, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
-    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
-};
+use libbpf_rs::{Link, MapCore, MapHandle, MapType};
+use libbpf_rs::{NetfilterOpts, NFPROTO_IPV4, NFPROTO_IPV6};
 
 use super::features::{self, Features};
+use super::object::{Object, OpenCfg};
 use super::plan::{self, Plan};
 use super::{Flavour, Mode, Probe};
 
@@ -37,97 +32,81 @@ impl Default for Config {
     }
 }
 
+/// The one ring buffer and the one lost counter that every probe object
+/// writes to (each object's own maps are replaced by these before load), so
+/// that events reach user space in the order the ring saw them and one
+/// `--ringbuf-mb` is the whole budget.
+pub struct Shared {
+    pub events: MapHandle,
+    pub lost: MapHandle,
+    pub ring_bytes: u32,
+}
+
+impl Shared {
+    pub fn create(ring_bytes: u32) -> Result<Shared> {
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>()
+                as libbpf_rs::libbpf_sys::size_t,
+            ..Default::default()
+        };
+        let events =
+            MapHandle::create(MapType::RingBuf, Some("events"), 0, 0, ring_bytes, &opts)
+                .with_context(|| format!("creating the ring buffer ({} MiB)", ring_bytes >> 20))?;
+        let lost = MapHandle::create(MapType::PercpuArray, Some("lost"), 4, 8, 1, &opts)
+            .context("creating the lost-record counter")?;
+        Ok(Shared {
+            events,
+            lost,
+            ring_bytes,
+        })
+    }
+
+    /// Records lost because the ring buffer was full (sum over CPUs).
+    pub fn lost(&self) -> u64 {
+        read_lost(&self.lost)
+    }
+}
+
 /// A loaded (and, after `attach`, attached) probe object.
 pub struct Loaded {
     pub probe: Probe,
     pub flavour: Flavour,
     pub links: Vec<Link>,
-    pub events: MapHandle,
-    pub lost: MapHandle,
+    /// Netfilter hooks attached: (program, family, hook, priority used).
+    pub nf_attached: Vec<(String, i32, i32, i32)>,
     /// Notes from attaching (an IPv6 hook that could not attach, ...).
     pub notes: Vec<String>,
-    // Owns the skeleton: programs and maps live as long as this.
-    _object: Box<dyn Any>,
-    obj_ptr: *const Object,
-}
-
-// The skeleton is created and used on the thread that owns the tracer; links and
-// map handles are plain file descriptors.
-
-fn storage() -> &'static mut MaybeUninit<OpenObject> {
-    // A skeleton borrows its storage for as long as it lives; the tracer lives
-    // for the whole run, so the few hundred bytes are leaked on purpose.
-    Box::leak(Box::new(MaybeUninit::uninit()))
-}
-
-macro_rules! open_load {
-    ($module:ident, $builder:ident, $progs:expr, $cfg:expr, $netns:expr) => {{
-        let mut open = crate::bpf::$module::$builder::default()
-            .open(storage())
-            .context("opening the BPF object")?;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.filter_netns = $netns;
-            ro.ring_bytes = u64::from($cfg.ringbuf_bytes);
-            ro.rst_fns = crate::probe::features::reset_fn_ranges();
-        }
-        open.maps
-            .events
-            .set_max_entries($cfg.ringbuf_bytes)
-            .context("sizing the ring buffer")?;
-        for mut p in open.open_object_mut().progs_mut() {
-            let name = p.name().to_string_lossy().into_owned();
-            p.set_autoload($progs.contains(name.as_str()));
-        }
-        let skel = open.load()?;
-        let events = MapHandle::try_from(&skel.maps.events)?;
-        let lost = MapHandle::try_from(&skel.maps.lost)?;
-        let boxed: Box<dyn Any> = Box::new(skel);
-        (boxed, events, lost)
-    }};
-}
-
-fn object_of(b: &dyn Any, p: Probe) -> Option<*const Object> {
-    use libbpf_rs::skel::Skel;
-    Some(match p {
-        Probe::Nat => b
-            .downcast_ref::<crate::bpf::nat::NatSkel<'static>>()?
-            .object(),
-        Probe::Confirm => b
-            .downcast_ref::<crate::bpf::confirm::ConfirmSkel<'static>>()?
-            .object(),
-        Probe::Window => b
-            .downcast_ref::<crate::bpf::window::WindowSkel<'static>>()?
-            .object(),
-        Probe::Symptoms => b
-            .downcast_ref::<crate::bpf::symptoms::SymptomsSkel<'static>>()?
-            .object(),
-    } as *const Object)
+    object: Object,
 }
 
 /// Loads (verifies) the given programs of a probe without attaching them.
-pub fn load(p: Probe, progs: &[String], cfg: &Config, fl: Flavour) -> Result<Loaded> {
+pub fn load(
+    p: Probe,
+    progs: &[String],
+    cfg: &Config,
+    shared: &Shared,
+    fl: Flavour,
+) -> Result<Loaded> {
     let set: BTreeSet<&str> = progs.iter().map(String::as_str).collect();
     let netns = if p == Probe::Symptoms {
         cfg.symptoms_netns
     } else {
         cfg.filter_netns
     };
-    let (object, events, lost) = match p {
-        Probe::Nat => open_load!(nat, NatSkelBuilder, set, cfg, netns),
-        Probe::Confirm => open_load!(confirm, ConfirmSkelBuilder, set, cfg, netns),
-        Probe::Window => open_load!(window, WindowSkelBuilder, set, cfg, netns),
-        Probe::Symptoms => open_load!(symptoms, SymptomsSkelBuilder, set, cfg, netns),
-    };
-    let obj_ptr = object_of(object.as_ref(), p).ok_or_else(|| anyhow!("skeleton type mismatch"))?;
+    let object = (p.spec().open)(&OpenCfg {
+        programs: &set,
+        netns,
+        ring_bytes: shared.ring_bytes,
+        events: &shared.events,
+        lost: &shared.lost,
+    })?;
     Ok(Loaded {
         probe: p,
         flavour: fl,
         links: Vec::new(),
-        events,
-        lost,
+        nf_attached: Vec::new(),
         notes: Vec::new(),
-        _object: object,
-        obj_ptr,
+        object,
     })
 }
 
@@ -139,37 +118,42 @@ fn load_for(
     fl: Flavour,
     f: &Features,
     cfg: &Config,
+    shared: &Shared,
 ) -> Result<(Vec<String>, Loaded), String> {
     let progs: Vec<String> = plan::programs(p, fl, f)
         .into_iter()
         .map(String::from)
         .collect();
-    match load(p, &progs, cfg, fl) {
+    match load(p, &progs, cfg, shared, fl) {
         Ok(l) => Ok((progs, l)),
         Err(e) => Err(short_error(&e)),
     }
 }
 
 /// Tries a probe's load in a flavour and records the answer in `f`; returns
-/// what loaded. The fentry window probe's log hook is optional: when the whole
-/// set fails, the set without it is tried, and the log hook's failure is
-/// recorded on its own.
+/// what loaded. A room's optional program (the fentry window probe's log
+/// hook): when the whole set fails, the set without it is tried, and the
+/// optional program's failure is recorded under its own key.
 pub fn try_load_into(
     p: Probe,
     fl: Flavour,
     f: &mut Features,
     cfg: &Config,
+    shared: &Shared,
 ) -> Option<(Vec<String>, Loaded)> {
     let key = features::load_key(p, fl);
-    let with_log = plan::programs(p, fl, f).contains(&"win_log_fexit");
-    let r = match load_for(p, fl, f, cfg) {
-        Err(e) if with_log => {
-            f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), e);
-            load_for(p, fl, f, cfg)
+    let optional = p
+        .spec()
+        .optional
+        .filter(|(prog, _)| plan::programs(p, fl, f).contains(prog));
+    let r = match (load_for(p, fl, f, cfg, shared), optional) {
+        (Err(e), Some((_, opt_key))) => {
+            f.loads.insert(opt_key.into(), e);
+            load_for(p, fl, f, cfg, shared)
         }
-        r => {
-            if with_log && r.is_ok() {
-                f.loads.insert(plan::WINDOW_FENTRY_LOG.into(), "ok".into());
+        (r, opt) => {
+            if let (Ok(_), Some((_, opt_key))) = (&r, opt) {
+                f.loads.insert(opt_key.into(), "ok".into());
             }
             r
         }
@@ -244,45 +228,20 @@ fn attach_nf(
     .context("every nearby netfilter priority is taken by other BPF programs")
 }
 
-/// Netfilter hooks a stable-mode program attaches to: (hook, priority).
-fn nf_hooks(prog: &str) -> &'static [(i32, i32)] {
-    // The kernel refuses two BPF hooks at one priority (EBUSY): nat sits just
-    // below confirm's slot; both run after NAT (100) and before confirm (INT_MAX).
-    const BEFORE_CONFIRM: i32 = i32::MAX - 1;
-    const AFTER_NAT: i32 = i32::MAX - 2;
-    match prog {
-        "nat_nf" => &[
-            (NF_INET_POST_ROUTING, AFTER_NAT),
-            (NF_INET_LOCAL_IN, AFTER_NAT),
-        ],
-        "confirm_nf" => &[
-            (NF_INET_POST_ROUTING, BEFORE_CONFIRM),
-            (NF_INET_LOCAL_IN, BEFORE_CONFIRM),
-        ],
-        // conntrack runs at -200 in PREROUTING and OUTPUT
-        "win_nf" => &[(NF_INET_PRE_ROUTING, -199), (NF_INET_LOCAL_OUT, -199)],
-        _ => &[],
-    }
-}
-
 impl Loaded {
-    fn object(&self) -> &Object {
-        // SAFETY: obj_ptr points into the skeleton owned by self.object, which
-        // lives (boxed, never moved out) as long as self.
-        unsafe { &*self.obj_ptr }
-    }
-
     /// Attaches every loaded program, each to its hook(s). Netfilter hooks go
     /// to the netns of the calling thread.
     pub fn attach(&mut self) -> Result<()> {
         let mut links = Vec::new();
         let mut notes = Vec::new();
-        for prog in self.object().progs_mut() {
+        let mut attached = Vec::new();
+        let nf_slots = self.probe.spec().nf_slots;
+        for prog in self.object.object().progs_mut() {
             if !prog.autoload() {
                 continue;
             }
             let name = prog.name().to_string_lossy().into_owned();
-            let hooks = nf_hooks(&name);
+            let hooks = nf_slots(&name);
             if hooks.is_empty() {
                 let link = prog.attach().with_context(|| {
                     format!("attaching {name} ({})", prog.section().to_string_lossy())
@@ -294,6 +253,7 @@ impl Loaded {
                 for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
                     match attach_nf(&prog, pf, hook, priority) {
                         Ok((l, used)) => {
+                            attached.push((name.clone(), pf, hook, used));
                             if used != priority {
                                 notes.push(format!(
                                     "{name}: priority {priority} was taken (another BPF hook); attached at {used}"
@@ -318,12 +278,8 @@ impl Loaded {
         notes.dedup();
         self.links = links;
         self.notes = notes;
+        self.nf_attached = attached;
         Ok(())
-    }
-
-    /// Records lost because the ring buffer was full (sum over CPUs).
-    pub fn lost(&self) -> u64 {
-        read_lost(&self.lost)
     }
 }
 
@@ -344,8 +300,8 @@ pub fn read_lost(map: &MapHandle) -> u64 {
 /// Resolves a plan by trying: the pure resolver proposes, a load attempt
 /// confirms or refutes each proposal (its error becomes a feature), until every
 /// probe's choice has loaded or nothing is left.
-pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
-    let (plan, f, _) = resolve_by_trying_kept(mode, cfg);
+pub fn resolve_by_trying(mode: Mode, cfg: &Config, shared: &Shared) -> (Plan, Features) {
+    let (plan, f, _) = resolve_by_trying_kept(mode, cfg, shared);
     (plan, f)
 }
 
@@ -355,8 +311,8 @@ pub fn resolve_by_trying(mode: Mode, cfg: &Config) -> (Plan, Features) {
 pub struct Kept(Vec<(Probe, Flavour, Vec<String>, Loaded)>);
 
 /// [`resolve_by_trying`], keeping what loaded for [`attach_plan_kept`].
-pub fn resolve_by_trying_kept(mode: Mode, cfg: &Config) -> (Plan, Features, Kept) {
-    let mut f = features::detect_static();
+pub fn resolve_by_trying_kept(mode: Mode, cfg: &Config, shared: &Shared) -> (Plan, Features, Kept) {
+    let mut f = features::detect_static(&super::symbols());
     let mut kept = Vec::new();
     loop {
         let plan = plan::resolve(&f, mode);
@@ -367,7 +323,7 @@ pub fn resolve_by_trying_kept(mode: Mode, cfg: &Config) -> (Plan, Features, Kept
             if f.loads.contains_key(&key) {
                 continue;
             }
-            if let Some((progs, l)) = try_load_into(pp.probe, fl, &mut f, cfg) {
+            if let Some((progs, l)) = try_load_into(pp.probe, fl, &mut f, cfg, shared) {
                 kept.push((pp.probe, fl, progs, l));
             }
             changed = true;
@@ -379,13 +335,18 @@ pub fn resolve_by_trying_kept(mode: Mode, cfg: &Config) -> (Plan, Features, Kept
 }
 
 /// Loads and attaches every probe the plan chose.
-pub fn attach_plan(plan: &Plan, cfg: &Config) -> Result<Vec<Loaded>> {
-    attach_plan_kept(plan, cfg, Kept(Vec::new()))
+pub fn attach_plan(plan: &Plan, cfg: &Config, shared: &Shared) -> Result<Vec<Loaded>> {
+    attach_plan_kept(plan, cfg, shared, Kept(Vec::new()))
 }
 
 /// [`attach_plan`], reusing an object loaded while resolving where it holds
 /// exactly the programs the plan wants.
-pub fn attach_plan_kept(plan: &Plan, cfg: &Config, kept: Kept) -> Result<Vec<Loaded>> {
+pub fn attach_plan_kept(
+    plan: &Plan,
+    cfg: &Config,
+    shared: &Shared,
+    kept: Kept,
+) -> Result<Vec<Loaded>> {
     let mut kept = kept.0;
     let mut out = Vec::new();
     for pp in &plan.probes {
@@ -395,7 +356,7 @@ pub fn attach_plan_kept(plan: &Plan, cfg: &Config, kept: Kept) -> Result<Vec<Loa
             .position(|(p, f, progs, _)| *p == pp.probe && *f == fl && *progs == pp.programs);
         let mut l = match reuse {
             Some(i) => kept.swap_remove(i).3,
-            None => load(pp.probe, &pp.programs, cfg, fl)
+            None => load(pp.probe, &pp.programs, cfg, shared, fl)
                 .with_context(|| format!("loading probe {} ({})", pp.probe.name(), fl.name()))?,
         };
         l.attach()
@@ -403,4 +364,18 @@ pub fn attach_plan_kept(plan: &Plan, cfg: &Config, kept: Kept) -> Result<Vec<Loa
         out.push(l);
     }
     Ok(out)
+}
+
+/// Static facts plus a load attempt of every probe in every flavour: the full
+/// feature set, as captured in the fixtures (`ctrace probes --features`).
+pub fn detect_all() -> Result<Features> {
+    let mut f = features::detect_static(&super::symbols());
+    let cfg = Config::default();
+    let shared = Shared::create(cfg.ringbuf_bytes)?;
+    for spec in super::SPECS {
+        for fl in [Flavour::Fentry, Flavour::Kprobe, Flavour::Stable] {
+            try_load_into(spec.probe, fl, &mut f, &cfg, &shared);
+        }
+    }
+    Ok(f)
 }
