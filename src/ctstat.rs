@@ -7,52 +7,82 @@ use anyhow::{bail, Context, Result};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
-/// One CPU's counters. Counters the running kernel does not report stay 0.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CpuStats {
-    pub cpu: u32,
-    pub found: u64,
-    pub invalid: u64,
-    pub insert: u64,
-    pub insert_failed: u64,
-    pub drop: u64,
-    pub early_drop: u64,
-    pub error: u64,
-    pub search_restart: u64,
-    pub clash_resolve: u64,
-    pub chaintoolong: u64,
+/// The kernel's conntrack statistics, each with its ctnetlink attribute
+/// (CTA_STATS_*): the one list of counter names. CpuStats, KernelCounters,
+/// their deltas, sums and the netlink parser are all made from it.
+macro_rules! counters {
+    ($($name:ident = $attr:literal),* $(,)?) => {
+        /// One CPU's counters. Counters the running kernel does not report stay 0.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct CpuStats {
+            pub cpu: u32,
+            $(#[serde(default)] pub $name: u64,)*
+        }
+
+        /// Totals and per-CPU deltas of the kernel's conntrack statistics over
+        /// a recording (the trailer's `kernel_counters`).
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        pub struct KernelCounters {
+            $(#[serde(default)] pub $name: u64,)*
+            #[serde(default)]
+            pub per_cpu: Vec<CpuStats>,
+        }
+
+        /// The counter names, in the order the kernel's counters are shown.
+        pub const COUNTER_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl CpuStats {
+            /// self - earlier, counter by counter (counters only grow; saturate anyway).
+            pub fn delta(&self, earlier: &CpuStats) -> CpuStats {
+                CpuStats {
+                    cpu: self.cpu,
+                    $($name: self.$name.saturating_sub(earlier.$name),)*
+                }
+            }
+
+            fn add(&mut self, o: &CpuStats) {
+                $(self.$name += o.$name;)*
+            }
+
+            /// Sets the counter of a CTA_STATS_* attribute; false if unknown.
+            fn set_attr(&mut self, ty: u16, v: u64) -> bool {
+                match ty {
+                    $($attr => self.$name = v,)*
+                    _ => return false,
+                }
+                true
+            }
+
+            /// (name, value) of every counter.
+            pub fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name)),*]
+            }
+        }
+
+        impl Snapshot {
+            /// The totals and per-CPU values as the trailer records them.
+            pub fn to_counters(&self) -> KernelCounters {
+                let t = self.total();
+                KernelCounters {
+                    $($name: t.$name,)*
+                    per_cpu: self.per_cpu.clone(),
+                }
+            }
+        }
+    };
 }
 
-impl CpuStats {
-    /// self - earlier, counter by counter (counters only grow; saturate anyway).
-    pub fn delta(&self, earlier: &CpuStats) -> CpuStats {
-        CpuStats {
-            cpu: self.cpu,
-            found: self.found.saturating_sub(earlier.found),
-            invalid: self.invalid.saturating_sub(earlier.invalid),
-            insert: self.insert.saturating_sub(earlier.insert),
-            insert_failed: self.insert_failed.saturating_sub(earlier.insert_failed),
-            drop: self.drop.saturating_sub(earlier.drop),
-            early_drop: self.early_drop.saturating_sub(earlier.early_drop),
-            error: self.error.saturating_sub(earlier.error),
-            search_restart: self.search_restart.saturating_sub(earlier.search_restart),
-            clash_resolve: self.clash_resolve.saturating_sub(earlier.clash_resolve),
-            chaintoolong: self.chaintoolong.saturating_sub(earlier.chaintoolong),
-        }
-    }
-
-    fn add(&mut self, o: &CpuStats) {
-        self.found += o.found;
-        self.invalid += o.invalid;
-        self.insert += o.insert;
-        self.insert_failed += o.insert_failed;
-        self.drop += o.drop;
-        self.early_drop += o.early_drop;
-        self.error += o.error;
-        self.search_restart += o.search_restart;
-        self.clash_resolve += o.clash_resolve;
-        self.chaintoolong += o.chaintoolong;
-    }
+counters! {
+    insert_failed = 9,
+    drop = 10,
+    invalid = 4,
+    clash_resolve = 14,
+    found = 2,
+    insert = 8,
+    early_drop = 11,
+    error = 12,
+    search_restart = 13,
+    chaintoolong = 15,
 }
 
 /// A snapshot of every CPU's counters.
@@ -84,23 +114,6 @@ impl Snapshot {
             })
             .collect();
         Snapshot { per_cpu }
-    }
-
-    pub fn to_counters(&self) -> crate::record::KernelCounters {
-        let t = self.total();
-        crate::record::KernelCounters {
-            insert_failed: t.insert_failed,
-            drop: t.drop,
-            invalid: t.invalid,
-            clash_resolve: t.clash_resolve,
-            found: t.found,
-            insert: t.insert,
-            early_drop: t.early_drop,
-            error: t.error,
-            search_restart: t.search_restart,
-            chaintoolong: t.chaintoolong,
-            per_cpu: self.per_cpu.clone(),
-        }
     }
 }
 
@@ -265,20 +278,7 @@ fn parse_cpu(m: &[u8]) -> Result<CpuStats> {
         ..Default::default()
     };
     for (ty, val) in attrs(&m[20..]) {
-        let v = be(val);
-        match ty {
-            2 => c.found = v,
-            4 => c.invalid = v,
-            8 => c.insert = v,
-            9 => c.insert_failed = v,
-            10 => c.drop = v,
-            11 => c.early_drop = v,
-            12 => c.error = v,
-            13 => c.search_restart = v,
-            14 => c.clash_resolve = v,
-            15 => c.chaintoolong = v,
-            _ => {}
-        }
+        c.set_attr(ty, be(val));
     }
     Ok(c)
 }

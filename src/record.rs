@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::ctstat::CpuStats;
+pub use crate::ctstat::KernelCounters;
 use crate::event::Event;
 
 /// The format version this build writes and the newest it reads.
@@ -28,29 +28,6 @@ pub struct Header {
     pub probes: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-}
-
-/// Per-CPU and total deltas of the kernel's conntrack statistics over the run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct KernelCounters {
-    pub insert_failed: u64,
-    pub drop: u64,
-    pub invalid: u64,
-    pub clash_resolve: u64,
-    #[serde(default)]
-    pub found: u64,
-    #[serde(default)]
-    pub insert: u64,
-    #[serde(default)]
-    pub early_drop: u64,
-    #[serde(default)]
-    pub error: u64,
-    #[serde(default)]
-    pub search_restart: u64,
-    #[serde(default)]
-    pub chaintoolong: u64,
-    #[serde(default)]
-    pub per_cpu: Vec<CpuStats>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

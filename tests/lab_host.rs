@@ -635,6 +635,28 @@ fn record_lab_demo_agrees_and_cleans_up() {
     assert!(k.insert_failed > 0);
     assert_eq!(failed, k.insert_failed);
     assert_eq!(count(&rec, Kind::NfDrop, node), k.drop);
+    // One ring for every probe: nothing stamped before the header's start, and
+    // per CPU the events come in ts_ns order; the README's format section says
+    // when they cannot (a program nested in another on one CPU), which takes
+    // microseconds, not the 32 ms steps of one ring per probe.
+    let start = rec.header.as_ref().unwrap().start_mono_ns;
+    let early = rec.events.iter().filter(|e| e.ts_ns < start).count();
+    assert_eq!(early, 0, "events stamped before start_mono_ns {start}");
+    let mut last: std::collections::BTreeMap<u32, u64> = Default::default();
+    let (mut back, mut max_back) = (0u64, 0u64);
+    for e in &rec.events {
+        let l = last.entry(e.cpu).or_default();
+        if e.ts_ns < *l {
+            back += 1;
+            max_back = max_back.max(*l - e.ts_ns);
+        }
+        *l = (*l).max(e.ts_ns);
+    }
+    eprintln!(
+        "record --lab: {} events, {back} steps back in ts_ns per CPU, largest {max_back} ns",
+        rec.events.len()
+    );
+    assert!(max_back < 1_000_000, "a step back of {max_back} ns");
     let prefix = format!("ctlab-{pid}-");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {
