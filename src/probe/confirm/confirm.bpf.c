@@ -114,6 +114,9 @@ int BPF_KRETPROBE(confirm_kretprobe, int ret)
 struct pending {
 	__u64 skb;
 	__u64 nfct;
+	/* the entry's identity when remembered: its original tuple (struct
+	 * nf_conntrack_tuple, 40 bytes on every kernel) and netns */
+	__u64 id[5];
 	__u32 netns;
 	__u8 hook;
 };
@@ -166,6 +169,8 @@ int confirm_nf(struct bpf_nf_ctx *ctx)
 	p->netns = netns;
 	p->hook = ctx->state->hook;
 	p->skb = (__u64)skb;
+	if (bpf_core_read(p->id, sizeof(p->id), &ct->tuplehash[0].tuple))
+		p->skb = 0;
 	return NF_ACCEPT;
 }
 
@@ -203,6 +208,21 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	p->skb = 0;
 	if (!ct_never_inserted(ct))
 		return 0;
+	/* The same addresses are not the same entry: once the remembered entry is
+	 * freed, another netns's never-inserted entry can take its address and
+	 * its skb the remembered skb's. It is the one remembered only if its netns
+	 * and original tuple are those seen before confirm. */
+	if (ct_netns_of(ct) != p->netns)
+		return 0;
+	{
+		__u64 id[5];
+
+		if (bpf_core_read(id, sizeof(id), &ct->tuplehash[0].tuple))
+			return 0;
+		if (id[0] != p->id[0] || id[1] != p->id[1] || id[2] != p->id[2] ||
+		    id[3] != p->id[3] || id[4] != p->id[4])
+			return 0;
+	}
 	e = ct_reserve(CT_KIND_INSERT_FAILED, CT_SRC_NETFILTER);
 	if (!e)
 		return 0;
