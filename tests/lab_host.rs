@@ -772,3 +772,99 @@ fn lab_stops_and_cleans_up_on_sigterm() {
     eprintln!("lab exited {st} {:?} after SIGTERM", t1.elapsed());
     assert_eq!(lab_namespaces(pid), Vec::<String>::new());
 }
+
+/// A crowded node: two SNAT races in two lab nodes at once, and a UDP drop
+/// flood in a third namespace; ctrace traces one node. Its insert_failed
+/// events equal that node's kernel delta exactly, every run, and no conntrack
+/// event carries another namespace (the stable confirm match compares the
+/// entry's netns and tuple at drop time, not just addresses).
+#[test]
+fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
+    require_host!();
+    let _g = serial();
+    let a = Topology::create("lt-crowd-a", snat::CLIENTS).unwrap();
+    let b = Topology::create("lt-crowd-b", snat::CLIENTS).unwrap();
+    let c = Topology::create("lt-crowd-c", 1).unwrap();
+    let _sa = Server::start(&a.names.server, snat::server_ports()).unwrap();
+    let _sb = Server::start(&b.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&a).unwrap();
+    Variant::Deterministic.install(&b).unwrap();
+    // the flood: UDP from c's pods to an address its own OUTPUT chain drops
+    ctrace::lab::topology::cmd_in(
+        &c.names.pods,
+        "iptables",
+        &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        ctrace::lab::topology::spawn_in(&c.names.pods, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let t0 = Instant::now();
+            let mut sent = 0u64;
+            // bounded: 20k datagrams/s at most, 10 minutes at most
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(600)
+            {
+                for _ in 0..200 {
+                    let _ = s.send_to(b"x", "192.0.2.99:9");
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(sent)
+        })
+    };
+    let node = a.node_inode;
+    for run in 0..5 {
+        let mut ct = a.node_ctnetlink().unwrap();
+        let rec = Rec::start(&a.names.node, &format!("lt-crowd-{run}"));
+        let before = ct.per_cpu().unwrap();
+        let other = std::thread::scope(|sc| {
+            let h = sc.spawn(|| {
+                (0..5)
+                    .map(|r| {
+                        snat::run_round(&b, Variant::Deterministic, r)
+                            .unwrap()
+                            .clients
+                            .len()
+                    })
+                    .sum::<usize>()
+            });
+            for r in 0..5 {
+                snat::run_round(&a, Variant::Deterministic, r).unwrap();
+            }
+            h.join().unwrap()
+        });
+        let after = ct.per_cpu().unwrap();
+        let rec = rec.stop();
+        let own = after.delta(&before).total();
+        let k = kernel(&rec);
+        let failed = of_kind(&rec, Kind::InsertFailed, node).len() as u64;
+        let foreign: Vec<&Event> = rec
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    Kind::InsertFailed | Kind::NatAlloc | Kind::ClashResolved
+                ) && e.netns != node
+            })
+            .collect();
+        eprintln!(
+            "crowded run {run}: insert_failed events {failed}, kernel {} (own read {}), other lab clients {other}, foreign conntrack events {}",
+            k.insert_failed,
+            own.insert_failed,
+            foreign.len()
+        );
+        assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
+        assert_eq!(failed, k.insert_failed, "run {run}");
+        assert_eq!(k.insert_failed, own.insert_failed, "run {run}");
+        assert!(foreign.is_empty(), "run {run}: {foreign:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = ctrace::lab::topology::join(flood).unwrap();
+    eprintln!("crowded: the flood sent {sent} datagrams");
+    assert!(sent > 0);
+}
