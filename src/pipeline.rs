@@ -64,6 +64,12 @@ impl EnumNames for BtfNames {
     }
 }
 
+/// The most decoded events waiting for the consumer. A consumer that stalls
+/// (a blocked output: `record | slow-reader`) must not cost unbounded memory:
+/// past this, events are dropped here and counted (`lost_user`), never
+/// silently. ~400 B per event: about 50 MiB.
+pub const MAX_QUEUED_EVENTS: u64 = 131_072;
+
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -71,6 +77,10 @@ pub struct Pipeline {
     /// Records that did not decode (wrong size, unknown kind): counted as lost.
     pub bad_records: Arc<AtomicU64>,
     pub decoded: Arc<AtomicU64>,
+    /// Events decoded but dropped because the consumer was MAX_QUEUED_EVENTS behind.
+    pub lost_user: Arc<AtomicU64>,
+    /// Events sent and not yet received.
+    queued: Arc<AtomicU64>,
 }
 
 impl Pipeline {
@@ -79,8 +89,11 @@ impl Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let bad = Arc::new(AtomicU64::new(0));
         let decoded = Arc::new(AtomicU64::new(0));
+        let lost_user = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicU64::new(0));
         let (tx, rx) = sync_channel::<Batch>(4096);
         let (stop2, bad2, dec2) = (stop.clone(), bad.clone(), decoded.clone());
+        let (lost2, queued2) = (lost_user.clone(), queued.clone());
         let thread = std::thread::Builder::new()
             .name("ctrace-ringbuf".into())
             .spawn(move || -> Result<()> {
@@ -101,26 +114,38 @@ impl Pipeline {
                     })?;
                 }
                 let rb = b.build()?;
-                let flush = |final_: bool| -> bool {
+                let flush = || -> bool {
                     let v = std::mem::take(&mut *batch.borrow_mut());
                     if v.is_empty() {
                         return true;
                     }
-                    dec2.fetch_add(v.len() as u64, Ordering::Relaxed);
-                    let _ = final_;
+                    let n = v.len() as u64;
+                    dec2.fetch_add(n, Ordering::Relaxed);
+                    if queued2.load(Ordering::Relaxed) + n > MAX_QUEUED_EVENTS {
+                        lost2.fetch_add(n, Ordering::Relaxed);
+                        return true;
+                    }
+                    queued2.fetch_add(n, Ordering::Relaxed);
                     tx.send(v).is_ok()
                 };
+                // A signal that stops or traces the process (SIGSTOP/SIGCONT,
+                // a debugger's attach) interrupts the poll: that is a wakeup,
+                // not an end.
+                let retry = |r: libbpf_rs::Result<()>| match r {
+                    Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => Ok(()),
+                    r => r,
+                };
                 while !stop2.load(Ordering::Relaxed) {
-                    rb.poll(Duration::from_millis(50))?;
+                    retry(rb.poll(Duration::from_millis(50)))?;
                     // the BPF side wakes us only once a sixteenth of a ring is
                     // queued (ct_submit): drain what arrived without a wakeup
-                    rb.consume()?;
-                    if !flush(false) {
+                    retry(rb.consume())?;
+                    if !flush() {
                         return Ok(()); // consumer gone
                     }
                 }
-                rb.consume()?;
-                flush(true);
+                retry(rb.consume())?;
+                flush();
                 Ok(())
             })?;
         Ok(Pipeline {
@@ -129,11 +154,16 @@ impl Pipeline {
             rx,
             bad_records: bad,
             decoded,
+            lost_user,
+            queued,
         })
     }
 
-    pub fn rx(&self) -> &Receiver<Batch> {
-        &self.rx
+    /// The next batch, waiting at most `d`.
+    pub fn recv_timeout(&self, d: Duration) -> Option<Batch> {
+        let b = self.rx.recv_timeout(d).ok()?;
+        self.queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
+        Some(b)
     }
 
     /// Stops polling after one last drain; returns what is still queued.
@@ -143,7 +173,7 @@ impl Pipeline {
         if let Some(t) = self.thread.take() {
             // drain while the thread finishes, so a full channel cannot block it
             while !t.is_finished() {
-                if let Ok(b) = self.rx.recv_timeout(Duration::from_millis(20)) {
+                if let Some(b) = self.recv_timeout(Duration::from_millis(20)) {
                     rest.extend(b);
                 }
             }

@@ -37,6 +37,10 @@ pub struct Trailer {
     pub end_mono_ns: u64,
     pub events: BTreeMap<String, u64>,
     pub lost: u64,
+    /// Events decoded but dropped in user space because the output stalled
+    /// (beside `lost`, the kernel's count of records it could not write).
+    #[serde(default)]
+    pub lost_user: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_counters: Option<KernelCounters>,
     /// Why the recording ended: "duration", "signal", "error: ...".

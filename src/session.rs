@@ -34,6 +34,8 @@ pub struct Finish {
     /// Kernel counters over the session (per CPU).
     pub counters: Option<Snapshot>,
     pub lost: u64,
+    /// Events dropped in user space because the consumer stalled.
+    pub lost_user: u64,
 }
 
 pub struct Session {
@@ -149,7 +151,7 @@ impl Session {
 
     /// Batches of decoded events, in arrival order per ring buffer.
     pub fn recv_timeout(&self, d: Duration) -> Option<Batch> {
-        self.pipeline.rx().recv_timeout(d).ok()
+        self.pipeline.recv_timeout(d)
     }
 
     /// Records the kernel could not write (ring buffer full) plus records that
@@ -160,6 +162,14 @@ impl Session {
                 .pipeline
                 .bad_records
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Events decoded but dropped in user space: the consumer (an output that
+    /// blocks) fell `pipeline::MAX_QUEUED_EVENTS` behind.
+    pub fn lost_user(&self) -> u64 {
+        self.pipeline
+            .lost_user
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The kernel's conntrack counters since the session started, per CPU.
@@ -232,10 +242,12 @@ impl Session {
         let remaining = self.pipeline.finish()?;
         let counters = self.counters().ok();
         let lost = self.lost();
+        let lost_user = self.lost_user();
         Ok(Finish {
             remaining,
             counters,
             lost,
+            lost_user,
         })
     }
 }

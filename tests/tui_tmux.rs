@@ -123,6 +123,7 @@ fn write_recording(path: &Path, events: &[Event], kernel_insert_failed: u64) {
         end_mono_ns: 1_300_000_000,
         events: counts,
         lost: 0,
+        lost_user: 0,
         kernel_counters: Some(KernelCounters {
             insert_failed: kernel_insert_failed,
             ..Default::default()

@@ -1,14 +1,13 @@
 //! `ctrace check` and `ctrace doctor`: findings with evidence and mitigations.
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::Ordering;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::run::{say, Traced};
 use crate::cli::CheckArgs;
 use crate::findings::doc::{agreement_per_cpu, facts, insert_failed_per_cpu, Document};
 use crate::findings::{counts_for_exit, evaluate, validate_fail_on, Aggregate, Input};
-use crate::session::Session;
 use crate::stats::kind_counts;
 
 pub(crate) fn exit_code(d: &Document, fail_on: &[String], node_only: bool) -> i32 {
@@ -35,59 +34,56 @@ pub(crate) fn print(d: &Document, json: bool) {
 
 pub fn run(a: &CheckArgs) -> Result<i32> {
     validate_fail_on(&a.fail_on)?;
-    let stop = crate::cmd::run::stop_on_signals()?;
-    let mut cfg = crate::cmd::session_config(&a.trace);
-    let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
+    let cfg = crate::cmd::session_config(&a.trace);
+    let mut traced = Traced::start(cfg, a.lab)?;
     // The node's configuration, read in the traced netns (from a helper
-    // thread: Session::start moves this thread into it).
-    let node = crate::node::read_state(std::path::Path::new("/"), cfg.netns.as_deref());
-    let mut session = Session::start(&cfg)?;
-    if let Some(l) = lab.as_mut() {
-        l.resume();
-    }
+    // thread: Session::start moved this thread into it).
+    let netns_arg = traced.netns_spec();
+    let node = crate::node::read_state(std::path::Path::new("/"), netns_arg.as_deref());
     let progress = std::io::stderr().is_terminal();
     let mut seen = std::collections::BTreeSet::new();
-    for n in &session.notes {
+    for n in &traced.session.notes {
         if seen.insert(n) {
-            eprintln!("ctrace: note: {n}");
+            say(format!("ctrace: note: {n}"));
         }
     }
-    let header = session.header();
+
+    let header = traced.session.header();
     let mut agg = Aggregate::for_netns(Some(header.netns));
     let t0 = Instant::now();
     let deadline = t0 + a.duration;
     let mut last_progress = Instant::now();
     let mut ended_early = false;
     while Instant::now() < deadline {
-        if stop.load(Ordering::Relaxed) {
+        if traced.stop_requested() {
             ended_early = true;
             break;
         }
-        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
+        if let Some(batch) = traced.session.recv_timeout(Duration::from_millis(100)) {
             for e in &batch {
                 agg.add(e);
             }
         }
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
-            eprint!(
+            super::run::progress(format!(
                 "\rctrace check: {:>4.0}s / {:.0}s  {} events (insert_failed {}, tcp_invalid {})  lost {}   ",
                 t0.elapsed().as_secs_f64(),
                 a.duration.as_secs_f64(),
                 agg.stats.total,
                 agg.stats.count(crate::event::Kind::InsertFailed),
                 agg.stats.count(crate::event::Kind::TcpInvalid),
-                session.lost()
-            );
-            let _ = std::io::stderr().flush();
+                traced.session.lost()
+            ));
         }
     }
     if progress {
-        eprint!("\r{:78}\r", "");
+        super::run::progress(format!("\r{:78}\r", ""));
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let table_fill = session.table_fill().ok();
-    let fin = session.finish()?;
+    let table_fill = traced.session.table_fill().ok();
+    // traffic stops, probes detach, counters are read: in that order
+    let (fin, lab) = traced.finish()?;
     for e in &fin.remaining {
         agg.add(e);
     }
@@ -97,22 +93,18 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
         agg: &agg,
         kernel_counters: kc.as_ref(),
         duration_s: elapsed,
-        lost: fin.lost,
+        lost: fin.lost + fin.lost_user,
         table_fill,
         node: Some(&node),
         kernel: Some(header.kernel.as_str()),
     };
     let mut d = Document::new("check");
     d.kernel = Some(header.kernel.clone());
-    d.netns = Some(
-        cfg.netns
-            .clone()
-            .unwrap_or_else(|| header.netns.to_string()),
-    );
+    d.netns = Some(netns_arg.unwrap_or_else(|| header.netns.to_string()));
     d.duration_s = Some(elapsed);
     d.probes = header.probes.clone();
     d.events = kind_counts(&agg.stats);
-    d.lost = fin.lost;
+    d.lost = fin.lost + fin.lost_user;
     d.agreement = kc
         .as_ref()
         .map(|k| agreement_per_cpu(k, &d.events, &insert_failed_per_cpu(&agg.stats)))

@@ -1,14 +1,13 @@
 //! `ctrace record`: a one-shot recording, valid even when interrupted.
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::Ordering;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::run::{ended_by_signal, say, Traced};
 use crate::cli::RecordArgs;
 use crate::record::{Line, Trailer, Writer};
-use crate::session::Session;
 use crate::symbolize::KernelSymbols;
 
 pub fn run(a: &RecordArgs) -> Result<i32> {
@@ -18,16 +17,11 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         Some(p) => Writer::create(p)?,
         None => Writer::stdout(),
     };
-    let stop = super::run::stop_on_signals()?;
-    let mut cfg = crate::cmd::session_config(&a.trace);
-    let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
-    let session = Session::start(&cfg)?;
-    if let Some(l) = lab.as_mut() {
-        l.resume();
-    }
+    let traced = Traced::start(crate::cmd::session_config(&a.trace), a.lab)?;
+    let session = &traced.session;
     let progress = !a.quiet && std::io::stderr().is_terminal();
     for n in &session.notes {
-        eprintln!("ctrace: note: {n}");
+        say(format!("ctrace: note: {n}"));
     }
     w.write(&Line::Header(session.header()))?;
     w.flush()?;
@@ -54,7 +48,8 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     };
 
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if traced.stop_requested() {
+            ended_by = ended_by_signal();
             break;
         }
         if let Some(d) = deadline {
@@ -81,50 +76,56 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         if progress && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let kinds: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            eprint!(
-                "\rctrace: {:>5.0}s  {total} events ({})  lost {}   ",
+            let user = match session.lost_user() {
+                0 => String::new(),
+                n => format!(" (+{n} dropped: output too slow)"),
+            };
+            super::run::progress(format!(
+                "\rctrace: {:>5.0}s  {total} events ({})  lost {}{user}   ",
                 t0.elapsed().as_secs_f64(),
                 kinds.join(", "),
                 session.lost()
-            );
-            let _ = std::io::stderr().flush();
+            ));
         }
     }
     // the lab's traffic ends before the probes detach: nothing it causes goes untraced
-    if let Some(l) = lab.as_mut() {
-        l.stop_traffic();
-    }
-    let fin = session.finish()?;
+    let (fin, lab) = traced.finish()?;
     if let Some(err) = write_err {
         return Err(err);
     }
     for mut e in fin.remaining {
         handle(&mut e, &mut w, &mut counts, &mut total)?;
     }
-    drop(lab);
     let trailer = Trailer {
         end_wall: crate::record::now_rfc3339(),
         end_mono_ns: crate::sys::monotonic_ns(),
         events: counts,
         lost: fin.lost,
+        lost_user: fin.lost_user,
         kernel_counters: fin.counters.map(|c| c.to_counters()),
         ended_by,
     };
     if progress {
-        eprintln!();
+        say("");
     }
     if !a.quiet {
         let kc = trailer.kernel_counters.as_ref();
-        eprintln!(
-            "ctrace: {total} events, {} lost; kernel: insert_failed {} drop {} invalid {} clash_resolve {}",
+        say(format!(
+            "ctrace: {total} events, {} lost{}; kernel: insert_failed {} drop {} invalid {} clash_resolve {}",
             trailer.lost,
+            match trailer.lost_user {
+                0 => String::new(),
+                n => format!(" (+{n} dropped in ctrace: the output was too slow)"),
+            },
             kc.map_or(0, |k| k.insert_failed),
             kc.map_or(0, |k| k.drop),
             kc.map_or(0, |k| k.invalid),
             kc.map_or(0, |k| k.clash_resolve),
-        );
+        ));
     }
     w.write(&Line::Trailer(trailer))?;
     w.flush()?;
+    // the lab's namespaces go last, after the trailer is safe
+    drop(lab);
     Ok(crate::exit::OK)
 }

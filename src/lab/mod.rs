@@ -14,7 +14,7 @@ pub mod sock;
 pub mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -177,9 +177,8 @@ fn run_invalid(a: &LabArgs, stop: &Stop) -> Result<i32> {
 /// traffic and removes every namespace, rule and link it made.
 pub struct Background {
     node_netns: String,
-    stop: Stop,
     go: Stop,
-    thread: Option<JoinHandle<Result<()>>>,
+    traffic: Traffic,
     // dropped after the traffic thread has ended (field order = drop order)
     topo: Arc<Topology>,
 }
@@ -224,9 +223,11 @@ impl Background {
         });
         Ok(Background {
             node_netns: topo.names.node.clone(),
-            stop,
             go,
-            thread: Some(thread),
+            traffic: Traffic {
+                stop,
+                thread: Arc::new(Mutex::new(Some(thread))),
+            },
             topo,
         })
     }
@@ -255,10 +256,13 @@ impl Background {
     /// seconds at most); the namespaces stay until drop. A recorder calls this
     /// before it detaches, so that no failure happens untraced.
     pub fn stop_traffic(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.traffic.stop();
+    }
+
+    /// A handle that stops the traffic from another thread (the session's,
+    /// in `top`), before that thread detaches the probes.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.clone()
     }
 
     /// The node's netns name (what --netns takes).
@@ -273,7 +277,29 @@ impl Background {
 
     /// Whether the traffic loop has ended (bounds reached or an error).
     pub fn finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, |t| t.is_finished())
+        self.traffic
+            .thread
+            .lock()
+            .map(|t| t.as_ref().map_or(true, |t| t.is_finished()))
+            .unwrap_or(true)
+    }
+}
+
+/// The lab's traffic thread, stoppable from any thread.
+#[derive(Clone)]
+pub struct Traffic {
+    stop: Stop,
+    thread: Arc<Mutex<Option<JoinHandle<Result<()>>>>>,
+}
+
+impl Traffic {
+    /// Stops the traffic and waits for its current iteration to end.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let t = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = t {
+            let _ = t.join();
+        }
     }
 }
 

@@ -63,7 +63,8 @@ pub fn run(a: &TopArgs) -> Result<i32> {
         None => Origin::Live,
     };
     let (tx, rx) = mpsc::sync_channel(256);
-    let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone())?;
+    let traffic = lab.as_ref().map(|l| l.traffic());
+    let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone(), traffic)?;
     if let Some(l) = lab.as_mut() {
         l.resume();
     }
@@ -133,6 +134,7 @@ fn start_live(
     origin: Origin,
     tx: SyncSender<Msg>,
     stop: Arc<AtomicBool>,
+    traffic: Option<crate::lab::Traffic>,
 ) -> Result<(SourceInfo, JoinHandle<()>)> {
     let (itx, irx) = mpsc::channel::<Result<SourceInfo>>();
     let h = std::thread::Builder::new()
@@ -167,7 +169,8 @@ fn start_live(
             };
             session_loop(&mut session, &tx, &stop);
             stop.store(true, Ordering::Relaxed);
-            let _ = session.finish();
+            // the driver's order: the lab's traffic stops before the detach
+            let _ = crate::cmd::run::finish(session, traffic.as_ref());
             if let Some(n) = node {
                 let _ = n.join();
             }
