@@ -1,6 +1,7 @@
 use super::*;
-use crate::event::Tuple;
+use crate::event::{Event, Kind, Tuple};
 use crate::node::{parse_iptables_save, BootConfig, ConfSetting, NodeState, Sysctls};
+use crate::record::KernelCounters;
 
 fn ev(kind: Kind, proto: &str, src: &str, sport: u16, dst: &str, dport: u16) -> Event {
     let orig = Tuple {
