@@ -19,8 +19,10 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
     let mut base: BTreeMap<String, Hook> = BTreeMap::new();
     let mut jumps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut drops: Vec<(String, String)> = Vec::new();
+    // rules seen per chain of the current table: a rule's position
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for line in text.lines() {
-        let line = line.trim();
+        let (counters, line) = counter_prefix(line.trim());
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -29,6 +31,7 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
             continue;
         }
         if line == "COMMIT" {
+            seen.clear();
             flush_table(source, &table, &mut base, &mut jumps, &mut drops, &mut out);
             continue;
         }
@@ -47,6 +50,11 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
             continue;
         }
         let chain = w[1].clone();
+        let position = {
+            let n = seen.entry(chain.clone()).or_default();
+            *n += 1;
+            *n
+        };
         let opt = |name: &str| -> Option<&str> {
             w.iter()
                 .position(|x| x == name)
@@ -113,6 +121,7 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
             } else if let Some(p) = opt("--to-ports") {
                 ports = port_count(p);
             }
+            let matches = match_conditions(&w);
             out.nat.push(NatRule {
                 source: source.to_string(),
                 table: table.clone(),
@@ -128,6 +137,17 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
                 addresses,
                 ports,
                 rule: line.to_string(),
+                position: Some(position),
+                packets: counters.map(|(p, _)| p),
+                managed_by: docker_managed(
+                    &chain,
+                    opt("--comment"),
+                    target,
+                    &matches,
+                    has("--random-fully"),
+                )
+                .then(|| "docker".to_string()),
+                matches,
             });
         }
         if target == "DROP" && matches_invalid_state(&w) {
@@ -139,6 +159,81 @@ pub fn parse_iptables_save_as(text: &str, source: &str) -> Rules {
         flush_table(source, &table, &mut base, &mut jumps, &mut drops, &mut out);
     }
     out
+}
+
+/// `[packets:bytes] -A ...` (`iptables-save -c`) → the counters and the rule.
+fn counter_prefix(line: &str) -> (Option<(u64, u64)>, &str) {
+    let Some(rest) = line.strip_prefix('[') else {
+        return (None, line);
+    };
+    let Some((c, rule)) = rest.split_once(']') else {
+        return (None, line);
+    };
+    let parsed = c
+        .split_once(':')
+        .and_then(|(p, b)| Some((p.trim().parse().ok()?, b.trim().parse().ok()?)));
+    match parsed {
+        Some(pb) => (Some(pb), rule.trim_start()),
+        None => (None, line),
+    }
+}
+
+/// A rule's match conditions, one a group ("-s 10.0.0.0/24", "! -o
+/// docker0"), up to its target; module loads (`-m x`) and comments are left
+/// out: they match nothing by themselves.
+fn match_conditions(w: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut neg = false;
+    let mut k = 2;
+    while k < w.len() {
+        let x = &w[k];
+        if x == "-j" || x == "-g" {
+            break;
+        }
+        if x == "!" {
+            neg = true;
+            k += 1;
+            continue;
+        }
+        let mut j = k + 1;
+        while j < w.len() && !w[j].starts_with('-') && w[j] != "!" {
+            j += 1;
+        }
+        if x != "-m" && x != "--match" && x != "--comment" {
+            let mut g = if neg { format!("! {x}") } else { x.clone() };
+            for v in &w[k + 1..j] {
+                g.push(' ');
+                g.push_str(v);
+            }
+            out.push(g);
+        }
+        neg = false;
+        k = j;
+    }
+    out
+}
+
+/// The rules Docker writes: its chains (DOCKER, DOCKER-USER, ...), a comment
+/// that names it, and the MASQUERADE of a bridge network
+/// (`-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE`; user
+/// networks use `br-<id>`). Docker does not write `--random-fully`: a rule of
+/// that shape with it is someone's copy.
+fn docker_managed(
+    chain: &str,
+    comment: Option<&str>,
+    target: &str,
+    matches: &[String],
+    random_fully: bool,
+) -> bool {
+    chain.starts_with("DOCKER")
+        || comment.is_some_and(|c| c.to_ascii_lowercase().contains("docker"))
+        || (chain == "POSTROUTING"
+            && target == "MASQUERADE"
+            && !random_fully
+            && matches.iter().any(|m| m.starts_with("-s "))
+            && matches
+                .iter()
+                .any(|m| m.starts_with("! -o docker") || m.starts_with("! -o br-")))
 }
 
 /// `-m conntrack --ctstate INVALID` or `-m state --state INVALID`, not negated.

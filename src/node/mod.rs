@@ -6,7 +6,9 @@
 //!
 //! Under a root other than `/`, the rule dumps are read from captured files
 //! instead of running the tools: `<root>/rules/iptables-save`,
-//! `<root>/rules/ip6tables-save` and `<root>/rules/nft-ruleset`.
+//! `<root>/rules/ip6tables-save` and `<root>/rules/nft-ruleset`. On a node
+//! the tools run as `iptables-save -c` (packet counters: which rule takes the
+//! connections); the parser reads both that form and the plain one.
 //!
 //! The parsers live in `iptables` and `nft`, the boot files in `boot`, the
 //! reader in `root`; this module holds the facts they produce and the helpers
@@ -22,11 +24,13 @@ mod boot;
 mod iptables;
 mod nft;
 mod root;
+mod shadow;
 
 pub use boot::{parse_modules_load, parse_sysctl_conf, read_boot};
 pub use iptables::{parse_iptables_save, parse_iptables_save_as};
 pub use nft::{parse_nft_ruleset, parse_nft_ruleset_skipping};
 pub use root::{read_state, read_sysctls};
+pub use shadow::Shadowed;
 
 /// A netfilter base hook a rule ends up on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,8 +97,27 @@ pub struct NatRule {
     pub addresses: Option<u64>,
     /// Size of the translated port range where the rule gives one.
     pub ports: Option<u64>,
-    /// The rule as written in the dump.
+    /// The rule as written in the dump (without an `iptables-save -c`
+    /// counter prefix).
     pub rule: String,
+    /// 1-based position among the rules of its chain, as `iptables -R/-I
+    /// CHAIN N` counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    /// Packets that took this rule, where the dump counts them
+    /// (`iptables-save -c`, nft `counter`): only a connection's first packet
+    /// goes through the nat table, so this counts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// Who writes the rule, where that is recognisable ("docker"): editing
+    /// such a rule does not last, its owner re-creates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
+    /// The rule's match conditions, one a group (`-s 10.0.0.0/24`,
+    /// `! -o docker0`; nft: the whole match), without comments, counters and
+    /// target: what [`NodeState::shadowed`] compares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<String>,
 }
 
 impl NatRule {
@@ -106,6 +129,16 @@ impl NatRule {
             (_, None) if self.target == NatTarget::Masquerade => None,
             (a, None) => Some(a * 64512),
         }
+    }
+
+    /// The rule translates to one port only: `--random-fully` has no other
+    /// port to pick, so only more ports or addresses help.
+    pub fn single_port(&self) -> bool {
+        self.ports == Some(1)
+    }
+
+    pub fn docker_managed(&self) -> bool {
+        self.managed_by.as_deref() == Some("docker")
     }
 }
 
@@ -209,6 +242,13 @@ impl NodeState {
             .iter()
             .filter(|r| !r.random_fully)
             .collect()
+    }
+
+    /// Rules with --random-fully that never see a connection: an earlier rule
+    /// of the same chain without it matches the same traffic (see
+    /// [`shadow`]).
+    pub fn shadowed(&self) -> Vec<Shadowed<'_>> {
+        shadow::shadowed(self.nat_rules())
     }
 
     /// The smallest known SNAT pool (address × port pairs) among the rules.

@@ -22,6 +22,8 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
     let mut base: BTreeMap<String, Hook> = BTreeMap::new();
     let mut jumps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut drops: Vec<(String, String)> = Vec::new();
+    // rules seen per (table, chain): a rule's position
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     for raw in text.lines() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -78,6 +80,11 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
             }
             continue;
         }
+        let position = {
+            let n = seen.entry((t.clone(), c.clone())).or_default();
+            *n += 1;
+            *n
+        };
         for (i, x) in w.iter().enumerate() {
             if (x == "jump" || x == "goto") && i + 1 < w.len() {
                 jumps
@@ -115,6 +122,12 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
                 addresses = Some(1);
             }
             let flags = flags_of(i + 1);
+            let (matches, packets) = nft_match(&w[..i]);
+            let docker = t.contains("docker")
+                || !flags.contains("fully-random")
+                    && matches
+                        .iter()
+                        .any(|m| m.contains("oifname != docker") || m.contains("oifname != br-"));
             out.nat.push(NatRule {
                 source: "nft".into(),
                 table: t.clone(),
@@ -130,6 +143,10 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
                 addresses,
                 ports,
                 rule: line.to_string(),
+                position: Some(position),
+                packets,
+                managed_by: docker.then(|| "docker".to_string()),
+                matches,
             });
         }
         let last = w.last().map(|s| s.trim_end_matches(';'));
@@ -141,6 +158,33 @@ pub fn parse_nft_ruleset_skipping(text: &str, skip: &[String]) -> Rules {
         flush_table("nft", &t, &mut base, &mut jumps, &mut drops, &mut out);
     }
     out
+}
+
+/// The words before a NAT statement: its match (one condition, compared
+/// whole) without `counter packets N bytes M` and comments, and the counter.
+fn nft_match(w: &[String]) -> (Vec<String>, Option<u64>) {
+    let mut kept = Vec::new();
+    let mut packets = None;
+    let mut k = 0;
+    while k < w.len() {
+        match w[k].as_str() {
+            "counter" => {
+                if w.get(k + 1).map(String::as_str) == Some("packets") {
+                    packets = w.get(k + 2).and_then(|p| p.parse().ok());
+                    k += 5;
+                } else {
+                    k += 1;
+                }
+            }
+            "comment" => k += 2,
+            x => {
+                kept.push(x.to_string());
+                k += 1;
+            }
+        }
+    }
+    let m = kept.join(" ");
+    (if m.is_empty() { Vec::new() } else { vec![m] }, packets)
 }
 
 /// `ct state invalid`, `ct state { invalid, untracked }`, `ct state invalid,new`.

@@ -65,8 +65,8 @@ fn read_netns_parts(root: &Path) -> (Sysctls, Option<Rules>, Vec<String>) {
         (f("iptables-save"), f("ip6tables-save"), f("nft-ruleset"))
     } else {
         (
-            dump("iptables-save", &[]),
-            dump("ip6tables-save", &[]),
+            dump("iptables-save", &["-c"]),
+            dump("ip6tables-save", &["-c"]),
             dump("nft", &["list", "ruleset"]),
         )
     };

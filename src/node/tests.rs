@@ -210,3 +210,92 @@ fn an_empty_root_reads_nothing_and_says_so() {
     assert_eq!(s.sysctl, Sysctls::default());
     assert!(!s.notes.is_empty());
 }
+
+#[test]
+fn iptables_save_c_counters_positions_and_docker_rules() {
+    let c = "*nat\n:POSTROUTING ACCEPT [10:600]\n:DOCKER - [0:0]\n\
+             [3:180] -A POSTROUTING -j KUBE-POSTROUTING\n\
+             [48213:2892780] -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
+             [0:0] -A POSTROUTING -s 172.18.0.0/16 ! -o br-1a2b3c4d5e6f -j MASQUERADE\n\
+             [0:0] -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE --random-fully\n\
+             [7:420] -A POSTROUTING -s 10.0.0.0/24 -m comment --comment \"my nat\" -j MASQUERADE\n\
+             COMMIT\n";
+    let r = parse_iptables_save(c);
+    assert_eq!(r.nat.len(), 4);
+    let d = &r.nat[0];
+    assert_eq!(
+        d.rule, "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+        "the counter prefix is not part of the rule"
+    );
+    assert_eq!((d.position, d.packets), (Some(2), Some(48213)));
+    assert_eq!(d.matches, vec!["-s 172.17.0.0/16", "! -o docker0"]);
+    assert!(d.docker_managed());
+    assert!(r.nat[1].docker_managed(), "a user-defined Docker network");
+    assert!(
+        !r.nat[2].docker_managed(),
+        "Docker writes no --random-fully"
+    );
+    assert_eq!(r.nat[2].position, Some(4));
+    assert!(!r.nat[3].docker_managed());
+    assert_eq!(
+        r.nat[3].matches,
+        vec!["-s 10.0.0.0/24"],
+        "comments match nothing"
+    );
+    // the plain form: same rules, no counters
+    let plain = parse_iptables_save(&c.replace("[48213:2892780] ", ""));
+    assert_eq!(plain.nat[0].packets, None);
+    assert_eq!(plain.nat[0].rule, d.rule);
+    let s = NodeState {
+        rules: Some(r),
+        ..Default::default()
+    };
+    let sh = s.shadowed();
+    assert_eq!(sh.len(), 1);
+    assert_eq!((sh[0].rule.position, sh[0].by.position), (Some(4), Some(2)));
+    assert_eq!(sh[0].counters_confirm(), Some(true));
+}
+
+#[test]
+fn nft_counters_positions_and_shadowing() {
+    let r = parse_nft_ruleset(NFT);
+    assert_eq!(r.nat[0].packets, Some(0));
+    assert_eq!(r.nat[1].position, Some(2));
+    assert_eq!(r.nat[0].matches, vec!["oifname eth0 ip saddr 10.0.0.0/24"]);
+    let r = parse_nft_ruleset(
+        "table ip nat {\n chain post {\n type nat hook postrouting priority srcnat;\n ip saddr 10.0.0.0/24 counter packets 9 bytes 540 masquerade\n ip saddr 10.0.0.0/24 counter packets 0 bytes 0 masquerade fully-random\n }\n}\n",
+    );
+    let s = NodeState {
+        rules: Some(r),
+        ..Default::default()
+    };
+    assert_eq!(s.shadowed().len(), 1);
+}
+
+#[test]
+fn reads_docker_and_shadowed_hosts_from_fixture_roots() {
+    let s = read_state(&fixture("docker"), None);
+    assert_eq!(s.nat_rules().len(), 1, "{:?}", s.rules);
+    assert!(s.nat_rules()[0].docker_managed());
+    assert_eq!(s.nat_rules()[0].packets, Some(48213));
+    assert!(s.shadowed().is_empty());
+    assert_eq!(s.invalid_drop_on(Hook::Input), Some(true));
+    let s = read_state(&fixture("shadowed"), None);
+    assert_eq!(s.nat_rules().len(), 2);
+    let sh = s.shadowed();
+    assert_eq!(sh.len(), 1);
+    assert_eq!(sh[0].rule.position, Some(2));
+    assert_eq!(sh[0].rule.packets, Some(0));
+}
+
+#[test]
+fn a_root_without_rule_dumps_reads_no_rules_and_says_why() {
+    let s = read_state(&fixture("unreadable"), None);
+    assert!(s.rules.is_none());
+    assert_eq!(s.sysctl.tcp_be_liberal, Some(true));
+    assert!(
+        s.notes.iter().any(|n| n.contains("rules/iptables-save")),
+        "{:?}",
+        s.notes
+    );
+}
