@@ -5,12 +5,14 @@
 //!
 //! `evidence` holds what a finding is made of, `snat` and `invalid` the
 //! verdicts on traced events, `node_verdicts` those on the node's
-//! configuration alone, `text` the human form; `doc` the document around them.
+//! configuration alone, `rule_fix` the fixes of single NAT rules, `text` the
+//! human form; `doc` the document around them.
 
 pub mod doc;
 mod evidence;
 mod invalid;
 mod node_verdicts;
+mod rule_fix;
 mod snat;
 mod text;
 
@@ -18,7 +20,7 @@ pub use evidence::{
     Aggregate, Collector, Counted, Evidence, Finding, Input, Origin, Severity, What, EXAMPLES,
 };
 pub use invalid::{ignores_under_lower_bound, reason_class, reason_resets, ReasonClass};
-pub use node_verdicts::node_findings;
+pub use node_verdicts::{node_findings, not_read};
 pub use text::render;
 
 use invalid::{tcp_ignored, tcp_invalid_masked, tcp_invalid_reset};

@@ -1,11 +1,26 @@
 //! Configuration findings: what the node's state says without any traffic.
 
 use super::invalid::ignores_under_lower_bound;
-use super::snat::{random_fully_fix, table_full};
+use super::rule_fix::{config_line, rule_fixes, widen_first};
+use super::snat::table_full;
 use super::text::kv_name;
 use super::{sort, Evidence, Finding, Origin, Severity, What};
 use crate::node::{Hook, NodeState};
 
+/// What the node verdicts judge but could not be read (doctor exits 2
+/// unless this is empty): without the rules there is no verdict on
+/// --random-fully, SNAT pools or INVALID drops, and "No findings" would say
+/// the node is fine when it is only unread. Why they could not be read is in
+/// the node's notes.
+pub fn not_read(n: &NodeState) -> Vec<String> {
+    let mut v = Vec::new();
+    if n.rules.is_none() {
+        v.push("the NAT and filter rules (iptables-save, nft list ruleset): no verdict on --random-fully, SNAT pools or INVALID drops".to_string());
+    }
+    v
+}
+
+/// Configuration findings: what the node's state says without any traffic.
 pub fn node_findings(n: &NodeState) -> Vec<Finding> {
     let mut out = Vec::new();
     let kv = n.kernel_version();
@@ -82,33 +97,50 @@ pub fn node_findings(n: &NodeState) -> Vec<Finding> {
     }
     let rules = n.rules.as_ref();
     let without = n.nat_without_random_fully();
+    let shadowed = n.shadowed();
     if !without.is_empty() {
+        let mut config: Vec<String> = without.iter().map(|r| config_line(r, &shadowed)).collect();
+        config.extend(shadowed.iter().map(|s| config_line(s.rule, &shadowed)));
         out.push(node(
             "nat_without_random_fully",
             Severity::Warning,
             "Source-NAT rules without --random-fully",
-            without.len() as u64,
+            (without.len() + shadowed.len()) as u64,
             format!(
-                "{} of {} MASQUERADE/SNAT rules lack --random-fully: concurrent connections to one destination can be given the same port and lose at conntrack insert",
+                "{} of {} MASQUERADE/SNAT rules lack --random-fully: concurrent connections to one destination can be given the same port and lose at conntrack insert{}",
                 without.len(),
-                n.nat_rules().len()
+                n.nat_rules().len(),
+                match shadowed.len() {
+                    0 => String::new(),
+                    1 => "; and the rule that has it never sees a connection: it is shadowed by an earlier rule without it that matches the same traffic".to_string(),
+                    k => format!("; and {k} rules that have it never see a connection: they are shadowed by earlier rules without it that match the same traffic"),
+                }
             ),
-            without.iter().map(|r| format!("{} {} {}: {}", r.source, r.table, r.chain, r.rule)).collect(),
-            "Without --random-fully, NAT searches for a free port from a predictable offset, which makes two parallel connections likely to pick the same one; with it the port is fully random per connection.".into(),
-            without.iter().map(|r| random_fully_fix(r)).collect(),
+            config,
+            "Without --random-fully, NAT searches for a free port from a predictable offset, which makes two parallel connections likely to pick the same one; with it the port is fully random per connection. Only the first NAT rule that matches a connection counts: a --random-fully rule behind one without it does nothing.".into(),
+            rule_fixes(n),
         ));
     }
     if let Some(p) = n.snat_pool_size() {
         if p < 1024 {
+            let small: Vec<_> = n
+                .nat_rules()
+                .iter()
+                .filter(|r| r.pool_size() == Some(p))
+                .collect();
             out.push(node(
                 "snat_pool_small",
                 Severity::Warning,
                 "A source-NAT pool with very few ports",
                 p,
                 format!("an SNAT rule translates to only {p} address:port pairs per destination: parallel connections to one destination will collide"),
-                n.nat_rules().iter().filter(|r| r.pool_size() == Some(p)).map(|r| r.rule.clone()).collect(),
+                small.iter().map(|r| config_line(r, &shadowed)).collect(),
                 "Each connection to the same destination needs a distinct translated (address, port); with a small pool the search exhausts and the loser is dropped at confirm.".into(),
-                vec!["widen --to-source to more addresses and/or a wider port range".into()],
+                if small.iter().any(|r| r.single_port()) {
+                    small.iter().filter(|r| r.single_port()).map(|r| widen_first(r)).collect()
+                } else {
+                    vec!["widen --to-source to more addresses and/or a wider port range".into()]
+                },
             ));
         }
     }

@@ -5,79 +5,45 @@
 use std::fmt::Write as _;
 
 use super::evidence::{cpus, rate, reasons, simple_traced, top_dest, top_flows, TOP};
+use super::rule_fix::{config_line, rule_fixes, widen_first};
 use super::text::pct;
 use super::{Counted, Evidence, Finding, Input, Origin, Severity, What};
 use crate::event::Kind;
-use crate::node::{NatTarget, NodeState};
-
-/// The command that adds --random-fully to an iptables rule ("-A C ..." →
-/// "iptables -t nat -R"-free form: delete and re-add).
-pub(super) fn random_fully_fix(r: &crate::node::NatRule) -> String {
-    match r.source.as_str() {
-        "nft" => format!(
-            "nft: add `fully-random` to the {} statement in table {} chain {}: `{} fully-random`",
-            if r.target == NatTarget::Snat {
-                "snat"
-            } else {
-                "masquerade"
-            },
-            r.table,
-            r.chain,
-            r.rule
-        ),
-        tool => {
-            let spec = r
-                .rule
-                .strip_prefix("-A ")
-                .or_else(|| r.rule.strip_prefix("-I "))
-                .unwrap_or(&r.rule);
-            format!(
-                "{tool} -t nat -D {spec} && {tool} -t nat -A {spec} --random-fully   (persist it where the rule comes from: Docker, the CNI, kube-proxy, firewall scripts)"
-            )
-        }
-    }
-}
+use crate::node::NodeState;
 
 fn snat_mitigation(node: Option<&NodeState>) -> (Vec<String>, Vec<String>) {
     let mut steps = Vec::new();
     let mut config = Vec::new();
     match node.and_then(|n| n.rules.as_ref().map(|_| n)) {
         Some(n) => {
-            let without = n.nat_without_random_fully();
+            let shadowed = n.shadowed();
             for r in n.nat_rules() {
-                config.push(format!(
-                    "{} {} {}: {}",
-                    r.source,
-                    r.table,
-                    if r.random_fully {
-                        "(--random-fully)"
-                    } else {
-                        "(no --random-fully)"
-                    },
-                    r.rule
-                ));
+                config.push(config_line(r, &shadowed));
             }
+            // a one-port pool first: --random-fully cannot help it
+            let single: Vec<_> = n
+                .nat_rules()
+                .iter()
+                .filter(|r| r.single_port() && r.random_fully)
+                .collect();
+            steps.extend(single.iter().map(|r| widen_first(r)));
+            steps.extend(rule_fixes(n));
             if n.nat_rules().is_empty() {
                 steps.push("no MASQUERADE/SNAT rule in this netns: the clashing translation comes from DNAT (ClusterIP) or another netns; trace the netns that does the NAT (--netns), or avoid the parallel same-tuple connects".into());
-            } else if !without.is_empty() {
-                for r in &without {
-                    steps.push(format!(
-                        "add --random-fully to this rule: {}",
-                        random_fully_fix(r)
-                    ));
-                }
-            } else {
+            } else if steps.is_empty() {
                 steps.push("every source-NAT rule already has --random-fully: the remaining clashes need more translated tuples — add SNAT addresses (a pool: --to-source A-B) or avoid SNAT for this traffic (route pod IPs, NodeLocal DNSCache for DNS)".into());
             }
-            if let Some(p) = n.snat_pool_size() {
-                if p < 1024 {
-                    steps.push(format!(
-                        "the smallest SNAT pool has only {p} address:port pairs per destination: widen its port range/addresses"
-                    ));
-                }
+            let any_single = n.nat_rules().iter().any(|r| r.single_port());
+            if let Some(p) = n.snat_pool_size().filter(|p| *p < 1024 && !any_single) {
+                steps.push(format!(
+                    "the smallest SNAT pool has only {p} address:port pairs per destination: widen its port range/addresses"
+                ));
             }
         }
         None => {
+            if let Some(n) = node {
+                config.extend(n.notes.iter().map(|x| format!("NAT rules not read: {x}")));
+            }
             steps.push("add --random-fully to every MASQUERADE/SNAT rule (iptables ... -j MASQUERADE --random-fully; nft: masquerade fully-random)".into());
             steps.push("if they have it already: more SNAT addresses, or avoid SNAT for this traffic (NodeLocal DNSCache for DNS)".into());
         }
