@@ -238,3 +238,68 @@ fn check_refuses_an_unknown_fail_on_kind_before_tracing() {
         .code(2)
         .stderr(predicate::str::contains("unknown finding kind 'bogus'"));
 }
+
+#[test]
+fn doctor_on_a_docker_host_gives_the_fix_that_survives_a_restart() {
+    ctrace()
+        .args(["doctor", "--root", &format!("{NODE}/docker")])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("(no --random-fully, Docker's) [48213 packets]"))
+        .stdout(predicate::str::contains("Docker re-creates it"))
+        .stdout(predicate::str::contains(
+            "ExecStart=iptables -t nat -I POSTROUTING 1 -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE --random-fully",
+        ))
+        .stdout(predicate::str::contains("masquerade fully-random"))
+        .stdout(predicate::str::contains("-t nat -A ").not());
+}
+
+#[test]
+fn doctor_reports_a_shadowed_random_fully_rule() {
+    ctrace()
+        .args(["doctor", "--root", &format!("{NODE}/shadowed")])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "2 source-NAT rules, 1 with --random-fully (1 of them shadowed)",
+        ))
+        .stdout(predicate::str::contains(
+            "rule 2 has --random-fully but is shadowed",
+        ))
+        .stdout(predicate::str::contains("iptables -t nat -D POSTROUTING 2"));
+    let v = json_of(
+        &["doctor", "--json", "--root", &format!("{NODE}/shadowed")],
+        1,
+    );
+    assert_eq!(v["facts"]["nat_rules_shadowed"], 1);
+    assert_eq!(v["findings"][0]["what"]["count"], 2);
+    assert_eq!(v["node"]["rules"]["nat"][1]["packets"], 0);
+}
+
+#[test]
+fn doctor_without_the_rules_says_what_it_could_not_read_and_exits_2() {
+    ctrace()
+        .args(["doctor", "--root", &format!("{NODE}/unreadable")])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains(
+            "Not read: the NAT and filter rules",
+        ))
+        .stdout(predicate::str::contains(
+            "No findings in what could be read.",
+        ))
+        .stdout(predicate::str::contains("No findings.\n").not())
+        .stderr(predicate::str::contains(
+            "doctor could not read everything it judges (exit 2)",
+        ))
+        .stderr(predicate::str::contains("rules/iptables-save"));
+    let v = json_of(
+        &["doctor", "--json", "--root", &format!("{NODE}/unreadable")],
+        2,
+    );
+    assert_eq!(v["exit"], 2);
+    assert!(v["not_read"][0]
+        .as_str()
+        .unwrap()
+        .contains("NAT and filter rules"));
+}

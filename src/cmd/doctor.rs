@@ -3,7 +3,7 @@ use anyhow::Result;
 
 use crate::cli::DoctorArgs;
 use crate::findings::doc::{facts, Document};
-use crate::findings::{node_findings, Aggregate, Input};
+use crate::findings::{node_findings, not_read, Aggregate, Input};
 
 use super::check::{exit_code, print};
 
@@ -39,8 +39,22 @@ pub fn run(a: &DoctorArgs) -> Result<i32> {
     d.netns = a.netns.clone();
     d.facts = facts(&input);
     d.findings = node_findings(&node);
-    d.node = Some(node);
+    d.not_read = not_read(&node);
     d.exit = exit_code(&d, &[], true);
+    if !d.not_read.is_empty() {
+        // "No findings" about rules it never saw would read as a clean node
+        d.warnings.push(format!(
+            "doctor could not read everything it judges (exit 2): {}{}",
+            node.notes.join("; "),
+            if nix::unistd::geteuid().is_root() {
+                ""
+            } else {
+                "; run it as root"
+            }
+        ));
+        d.exit = crate::exit::ERROR;
+    }
+    d.node = Some(node);
     print(&d, a.json);
     Ok(d.exit)
 }

@@ -112,6 +112,9 @@ pub struct Facts {
     pub snat_pool_size: Option<u64>,
     pub nat_rules: Option<usize>,
     pub nat_rules_random_fully: Option<usize>,
+    /// Of those, the ones an earlier rule without it shadows.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nat_rules_shadowed: Option<usize>,
     pub be_liberal: Option<bool>,
     pub hot_destinations: Vec<Counted>,
     pub nat_alloc: u64,
@@ -141,6 +144,7 @@ pub fn facts(i: &Input) -> Facts {
         snat_pool_size: i.node.and_then(|n| n.snat_pool_size()),
         nat_rules: rules.map(|r| r.nat.len()),
         nat_rules_random_fully: rules.map(|r| r.nat.iter().filter(|x| x.random_fully).count()),
+        nat_rules_shadowed: i.node.map(|n| n.shadowed().len()).filter(|k| *k > 0),
         be_liberal: i.node.and_then(|n| n.sysctl.tcp_be_liberal),
         hot_destinations: hot_destinations(i),
         nat_alloc: s.count(Kind::NatAlloc),
@@ -204,6 +208,9 @@ pub struct Document {
     pub facts: Facts,
     pub node: Option<NodeState>,
     pub findings: Vec<Finding>,
+    /// What the verdicts judge but could not be read (doctor: exit 2).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub not_read: Vec<String>,
     pub warnings: Vec<String>,
     /// The exit code this document comes with.
     pub exit: i32,
@@ -227,6 +234,7 @@ impl Document {
             facts: Facts::default(),
             node: None,
             findings: Vec::new(),
+            not_read: Vec::new(),
             warnings: Vec::new(),
             exit: 0,
         }
@@ -345,7 +353,12 @@ impl Document {
             ));
         }
         if let (Some(n), Some(rf)) = (f.nat_rules, f.nat_rules_random_fully) {
-            node.push(format!("{n} source-NAT rules, {rf} with --random-fully"));
+            node.push(format!(
+                "{n} source-NAT rules, {rf} with --random-fully{}",
+                f.nat_rules_shadowed
+                    .map(|k| format!(" ({k} of them shadowed)"))
+                    .unwrap_or_default()
+            ));
         }
         if let Some(p) = f.snat_pool_size {
             node.push(format!("smallest SNAT pool {p} address:port pairs"));
@@ -375,7 +388,14 @@ impl Document {
                 let _ = writeln!(s, "Note: {note}");
             }
         }
-        s.push_str(&render(&self.findings));
+        for u in &self.not_read {
+            let _ = writeln!(s, "Not read: {u}");
+        }
+        if self.findings.is_empty() && !self.not_read.is_empty() {
+            s.push_str("No findings in what could be read.\n");
+        } else {
+            s.push_str(&render(&self.findings));
+        }
         s
     }
 }

@@ -1,6 +1,8 @@
 use super::*;
-use crate::event::Tuple;
+use crate::event::{Event, Kind, Tuple};
 use crate::node::{parse_iptables_save, BootConfig, ConfSetting, NodeState, Sysctls};
+use crate::record::KernelCounters;
+use doc::facts;
 
 fn ev(kind: Kind, proto: &str, src: &str, sport: u16, dst: &str, dport: u16) -> Event {
     let orig = Tuple {
@@ -174,7 +176,7 @@ fn snat_race_mitigation_fits_the_rules() {
     assert!(
         f.mitigation[0].starts_with("add --random-fully to this rule")
             && f.mitigation[0]
-                .contains("-A POSTROUTING -s 10.0.0.0/24 -j MASQUERADE --random-fully"),
+                .contains("-R POSTROUTING 1 -s 10.0.0.0/24 -j MASQUERADE --random-fully"),
         "{:?}",
         f.mitigation
     );
@@ -563,4 +565,177 @@ fn hot_destinations_are_failures_of_this_netns_not_symptoms() {
         .collect();
     assert_eq!(keys, vec![("192.0.2.1:80", 2), ("10.0.0.2:40000", 1)]);
     assert_eq!(f.insert_failed, 2);
+}
+
+/// Docker's MASQUERADE of docker0, as `iptables-save -c` shows it on a busy host.
+const DOCKER: &str = "*nat\n:POSTROUTING ACCEPT [10291:643595]\n:DOCKER - [0:0]\n[48213:2892780] -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n[0:0] -A DOCKER -i docker0 -j RETURN\nCOMMIT\n";
+/// The same after someone followed the -D/-A advice and Docker restarted:
+/// Docker's rule is back ahead of the --random-fully copy.
+const SHADOWED: &str = "*nat\n:POSTROUTING ACCEPT [10291:643595]\n[48213:2892780] -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n[0:0] -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE --random-fully\nCOMMIT\n";
+
+#[test]
+fn docker_managed_rule_gets_the_fix_that_survives_a_restart() {
+    let n = node("6.1.0", &format!("{DROP_IN}{DOCKER}"), Some(true), false);
+    let v = node_findings(&n);
+    let f = find(&v, "nat_without_random_fully");
+    let m = &f.mitigation;
+    assert!(
+        m[0].contains("Docker re-creates it")
+            && m[0].contains("After=docker.service")
+            && m[0].contains(
+                "iptables -t nat -I POSTROUTING 1 -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE --random-fully"
+            ),
+        "{m:?}"
+    );
+    assert!(
+        m[1].contains("ip saddr 172.17.0.0/16 oifname != \"docker0\" masquerade fully-random")
+            && m[1].contains("priority srcnat - 1"),
+        "{m:?}"
+    );
+    // never the edit Docker undoes: delete and append
+    assert!(!m.iter().any(|s| s.contains("-t nat -A ")), "{m:?}");
+    assert!(
+        f.evidence.config[0].contains("Docker's"),
+        "{:?}",
+        f.evidence.config
+    );
+    // the traced verdict gives the same fix
+    let a = agg(&[insert_failed(1, 1024)]);
+    let v = evaluate(&input(&a, None, Some(&n), "6.1.0"));
+    let f = find(&v, "snat_race");
+    assert!(
+        f.mitigation[0].contains("-I POSTROUTING 1"),
+        "{:?}",
+        f.mitigation
+    );
+    // a rule that is not Docker's is replaced in place, not moved
+    let plain = node("6.1.0", &format!("{DROP_IN}{MASQ}"), Some(true), false);
+    let v = node_findings(&plain);
+    let m = &find(&v, "nat_without_random_fully").mitigation;
+    assert!(
+        m[0].contains("-R POSTROUTING 1") && !m[0].contains("Docker"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn shadowed_random_fully_rule_is_reported_and_removed_first() {
+    let n = node("6.1.0", &format!("{DROP_IN}{SHADOWED}"), Some(true), false);
+    let v = node_findings(&n);
+    let f = find(&v, "nat_without_random_fully");
+    assert_eq!(f.what.count, 2, "the lacking rule and the shadowed one");
+    assert!(
+        f.what.summary.contains("1 of 2")
+            && f.what
+                .summary
+                .contains("never sees a connection: it is shadowed"),
+        "{}",
+        f.what.summary
+    );
+    assert!(
+        f.evidence
+            .config
+            .iter()
+            .any(|c| c.contains("[0 packets] shadowed by iptables nat POSTROUTING rule 1")),
+        "{:?}",
+        f.evidence.config
+    );
+    let m = &f.mitigation;
+    assert!(
+        m[0].contains("rule 2 has --random-fully but is shadowed")
+            && m[0].contains("48213 connections took the earlier rule, 0 took this one")
+            && m[0].ends_with("iptables -t nat -D POSTROUTING 2"),
+        "{m:?}"
+    );
+    assert!(m[1].contains("-I POSTROUTING 1"), "{m:?}");
+    let a = Aggregate::default();
+    let fa = facts(&input(&a, None, Some(&n), "6.1.0"));
+    assert_eq!(
+        (
+            fa.nat_rules,
+            fa.nat_rules_random_fully,
+            fa.nat_rules_shadowed
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    // without counters (plain iptables-save) the position alone says it
+    let plain = SHADOWED
+        .replace("[48213:2892780] ", "")
+        .replace("[0:0] ", "");
+    let n = node("6.1.0", &format!("{DROP_IN}{plain}"), Some(true), false);
+    let v = node_findings(&n);
+    let m = &find(&v, "nat_without_random_fully").mitigation;
+    assert!(m[0].contains("from the positions alone"), "{m:?}");
+    // the copy ahead of the plain rule is not shadowed
+    let ahead = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE --random-fully\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n";
+    let n = node("6.1.0", &format!("{DROP_IN}{ahead}"), Some(true), false);
+    assert!(n.shadowed().is_empty());
+    let v = node_findings(&n);
+    assert!(!find(&v, "nat_without_random_fully")
+        .what
+        .summary
+        .contains("shadowed"));
+}
+
+#[test]
+fn one_port_pool_is_widened_before_random_fully() {
+    for to in ["192.0.2.9:1024", "192.0.2.9-192.0.2.9:1024-1024"] {
+        let rules = format!(
+            "{DROP_IN}*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.0.0.0/24 -j SNAT --to-source {to}\nCOMMIT\n"
+        );
+        let n = node("6.1.0", &rules, Some(true), false);
+        let v = node_findings(&n);
+        for kind in ["nat_without_random_fully", "snat_pool_small"] {
+            let m = &find(&v, kind).mitigation;
+            assert!(
+                m[0].contains("single port")
+                    && m[0].contains("--random-fully cannot help")
+                    && m[0].contains("First give it more ports")
+                    && !m[0].starts_with("add --random-fully"),
+                "{to} {kind}: {m:?}"
+            );
+        }
+        let a = agg(&[insert_failed(1, 1024)]);
+        let v = evaluate(&input(&a, None, Some(&n), "6.1.0"));
+        let m = &find(&v, "snat_race").mitigation;
+        assert!(
+            m[0].contains("--random-fully cannot help") && m[0].contains("more addresses"),
+            "{to}: {m:?}"
+        );
+    }
+}
+
+#[test]
+fn rules_that_could_not_be_read_are_named_not_passed_over() {
+    let mut n = node("6.1.0", MASQ, Some(true), false);
+    n.rules = None;
+    n.notes = vec![
+        "iptables-save failed: iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)".into(),
+        "the NAT and filter rules need root to read (iptables-save, nft)".into(),
+    ];
+    let nr = not_read(&n);
+    assert_eq!(nr.len(), 1, "{nr:?}");
+    assert!(nr[0].contains("NAT and filter rules") && nr[0].contains("no verdict"));
+    // no rule verdict is made up from rules never seen
+    let v = node_findings(&n);
+    assert!(
+        !v.iter().any(|f| f.kind == "nat_without_random_fully"
+            || f.kind == "invalid_drop_wrong_chain"
+            || f.kind == "invalid_unmitigated"),
+        "{v:?}"
+    );
+    // a traced race says the rules were not read, and gives the general fix
+    let a = agg(&[insert_failed(1, 1024)]);
+    let v = evaluate(&input(&a, None, Some(&n), "6.1.0"));
+    let f = find(&v, "snat_race");
+    assert!(
+        f.evidence
+            .config
+            .iter()
+            .any(|c| c.starts_with("NAT rules not read: ") && c.contains("you must be root")),
+        "{:?}",
+        f.evidence.config
+    );
+    // everything read: nothing to name
+    assert!(not_read(&node("6.1.0", MASQ, Some(true), false)).is_empty());
 }
