@@ -39,13 +39,18 @@ pub struct Trailer {
     pub lost: u64,
     /// Events decoded but dropped in user space because the output stalled
     /// (beside `lost`, the kernel's count of records it could not write).
-    #[serde(default)]
+    /// Written when not zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_user: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_counters: Option<KernelCounters>,
     /// Why the recording ended: "duration", "signal", "error: ...".
     #[serde(default)]
     pub ended_by: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

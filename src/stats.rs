@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 
-use crate::event::{Event, Kind, Tuple};
+use crate::event::{Event, Kind, Tuple, WindowLog};
 
 /// Kinds that are failures (as opposed to normal NAT activity).
 pub const FAILURES: [Kind; 5] = [
@@ -117,6 +117,8 @@ pub struct Stats {
     pub per_cpu: BTreeMap<u32, BTreeMap<Kind, u64>>,
     /// (kind, reason text) -> count; bounded to MAX_REASONS distinct entries.
     pub reasons: BTreeMap<(Kind, String), u64>,
+    /// Window verdicts by the bound they crossed (`Event::window_log`).
+    pub window_logs: BTreeMap<(Kind, WindowLog), u64>,
     /// Failures by destination (address, port).
     pub top_destinations: TopK<(IpAddr, u16)>,
     /// Failures by original flow.
@@ -158,6 +160,7 @@ impl Stats {
             by_kind: BTreeMap::new(),
             per_cpu: BTreeMap::new(),
             reasons: BTreeMap::new(),
+            window_logs: BTreeMap::new(),
             top_destinations: TopK::new(topk),
             top_flows: TopK::new(topk),
             remapped: 0,
@@ -186,6 +189,9 @@ impl Stats {
             } else {
                 self.reasons_overflow += 1;
             }
+        }
+        if let Some(w) = window_log(e) {
+            *self.window_logs.entry((e.kind, w)).or_default() += 1;
         }
         if FAILURES.contains(&e.kind) {
             self.top_destinations.add(e.destination(), 1);
@@ -216,6 +222,15 @@ impl Stats {
             .unwrap_or(0)
     }
 
+    /// Verdicts of one kind whose bound satisfies `f`.
+    pub fn window_count(&self, k: Kind, f: impl Fn(WindowLog) -> bool) -> u64 {
+        self.window_logs
+            .iter()
+            .filter(|((kind, w), _)| *kind == k && f(*w))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
     /// Reasons of one kind, most frequent first.
     pub fn reasons_of(&self, k: Kind) -> Vec<(&str, u64)> {
         let mut v: Vec<(&str, u64)> = self
@@ -227,6 +242,20 @@ impl Stats {
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v
     }
+}
+
+/// The bound a window verdict crossed: the event's own `window_log` (set from
+/// the reason's code when it was decoded). Recordings made before events
+/// carried it have only the kernel's wording: that is classified instead.
+pub fn window_log(e: &Event) -> Option<WindowLog> {
+    if !matches!(
+        e.kind,
+        Kind::TcpInvalid | Kind::TcpIgnored | Kind::TcpLiberal
+    ) {
+        return None;
+    }
+    e.window_log
+        .or_else(|| crate::probe::window::reason::class_of_kernel_text(&e.reason))
 }
 
 /// Counts per kind as the recording trailer writes them.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::evidence::{cpus, rate, reasons, simple_traced, top_dest, top_flows, Collector};
 use super::text::kv_name;
 use super::{Evidence, Finding, Input, Origin, Severity, What, EXAMPLES};
-use crate::event::Kind;
+use crate::event::{Kind, WindowLog};
 use crate::node::{Hook, NodeState};
 
 /// Window reasons by what the kernel does with them.
@@ -20,18 +20,20 @@ pub enum ReasonClass {
     Other,
 }
 
-/// Classifies the kernel's wording (6.1+ and older forms).
-pub fn reason_class(reason: &str) -> ReasonClass {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("upper bound") && r.contains("over") {
-        ReasonClass::OverUpper
-    } else if (r.contains("lower bound") && (r.contains("under") || r.contains("ignored")))
-        || r.contains("more than expected")
-    {
-        ReasonClass::UnderLower
-    } else {
-        ReasonClass::Other
+impl ReasonClass {
+    pub fn of(w: Option<WindowLog>) -> ReasonClass {
+        match w {
+            Some(w) if w.under_lower() => ReasonClass::UnderLower,
+            Some(_) => ReasonClass::OverUpper,
+            None => ReasonClass::Other,
+        }
     }
+}
+
+/// Classifies the kernel's wording (6.1+ and older forms), for reasons that
+/// carry no code (recordings made before `window_log`).
+pub fn reason_class(reason: &str) -> ReasonClass {
+    ReasonClass::of(crate::probe::window::reason::class_of_kernel_text(reason))
 }
 
 /// 6.1 made tcp_in_window IGNORE retransmitted/under-lower-bound segments.
@@ -150,16 +152,9 @@ pub(super) fn tcp_invalid_reset(i: &Input) -> Option<Finding> {
     let kv = i.kernel.and_then(crate::node::kernel_version);
     let rst = c.host_rst;
     let rs = reasons(s, Kind::TcpInvalid);
-    let over = rs
-        .iter()
-        .filter(|r| reason_class(&r.key) == ReasonClass::OverUpper)
-        .map(|r| r.count)
-        .sum::<u64>();
-    let under = rs
-        .iter()
-        .filter(|r| reason_class(&r.key) == ReasonClass::UnderLower)
-        .map(|r| r.count)
-        .sum::<u64>();
+    // by the verdict's code (window_log), never by its text
+    let over = s.window_count(Kind::TcpInvalid, |w| !w.under_lower());
+    let under = s.window_count(Kind::TcpInvalid, |w| w.under_lower());
     let mut summary = format!("{n} TCP segments classified INVALID by conntrack");
     if c.local_invalid > 0 {
         let _ = write!(
