@@ -47,6 +47,9 @@ pub struct Trailer {
     /// Why the recording ended: "duration", "signal", "error: ...".
     #[serde(default)]
     pub ended_by: String,
+    /// With `ended_by: "signal"`: which one (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

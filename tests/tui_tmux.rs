@@ -129,6 +129,7 @@ fn write_recording(path: &Path, events: &[Event], kernel_insert_failed: u64) {
             ..Default::default()
         }),
         ended_by: "duration".into(),
+        signal: None,
     }))
     .unwrap();
     w.flush().unwrap();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::run::{ended_by_signal, say, Traced};
+use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
@@ -49,7 +49,6 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
 
     loop {
         if traced.stop_requested() {
-            ended_by = ended_by_signal();
             break;
         }
         if let Some(d) = deadline {
@@ -102,6 +101,10 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         events: counts,
         lost: fin.lost,
         lost_user: fin.lost_user,
+        signal: (ended_by == "signal")
+            .then(ending_signal)
+            .flatten()
+            .map(String::from),
         kernel_counters: fin.counters.map(|c| c.to_counters()),
         ended_by,
     };

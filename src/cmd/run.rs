@@ -41,16 +41,15 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// The signal that ended the run, as a trailer's `ended_by` says it.
-pub fn ended_by_signal() -> String {
-    let name = match last_signal().load(Ordering::Relaxed) as i32 {
+/// The signal that ended the run ("SIGHUP"), for the trailer's `signal`.
+pub fn ending_signal() -> Option<&'static str> {
+    Some(match last_signal().load(Ordering::Relaxed) as i32 {
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
         SIGHUP => "SIGHUP",
         SIGQUIT => "SIGQUIT",
-        _ => return "signal".into(),
-    };
-    format!("signal {name}")
+        _ => return None,
+    })
 }
 
 /// A line on stderr that cannot fail the run (the terminal may be gone).
