@@ -198,7 +198,9 @@ pub struct Document {
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub probes: BTreeMap<String, serde_json::Value>,
     pub events: BTreeMap<String, u64>,
-    pub lost: u64,
+    /// Records the kernel could not deliver; null when not known (a
+    /// recording without its trailer).
+    pub lost: Option<u64>,
     pub kernel_counters: Option<KernelCounters>,
     pub agreement: Vec<Agreement>,
     pub facts: Facts,
@@ -221,7 +223,7 @@ impl Document {
             recording: None,
             probes: BTreeMap::new(),
             events: BTreeMap::new(),
-            lost: 0,
+            lost: Some(0),
             kernel_counters: None,
             agreement: Vec::new(),
             facts: Facts::default(),
@@ -304,6 +306,7 @@ impl Document {
                     ev.join(", ")
                 },
                 self.lost
+                    .map_or("unknown: no trailer".to_string(), |n| n.to_string())
             );
             if self.agreement.is_empty() {
                 let _ = writeln!(s, "Kernel counters: not available");
