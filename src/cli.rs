@@ -110,9 +110,13 @@ pub struct ProbesArgs {
 pub struct RecordArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
-    /// Output file (JSON Lines). Default: standard output.
+    /// Output file (JSON Lines), created mode 0600; `-` or none: standard
+    /// output. An existing file is refused (see --force); a symlink always.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Replace an existing output file (never a symlink's target).
+    #[arg(long)]
+    pub force: bool,
     /// Stop after this long (e.g. 30s, 5m). Default: until Ctrl-C.
     #[arg(short, long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,

@@ -14,10 +14,7 @@ use crate::symbolize::KernelSymbols;
 pub fn run(a: &RecordArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
     // Fail on an unwritable output before touching the kernel.
-    let mut w = match &a.output {
-        Some(p) => Writer::create(p)?,
-        None => Writer::stdout(),
-    };
+    let mut w = crate::record::output(a.output.as_deref(), a.force)?;
     let stop = super::run::stop_on_signals()?;
     let mut cfg = crate::cmd::session_config(&a.trace);
     let mut lab = crate::lab::Background::for_session(a.lab, &mut cfg)?;
