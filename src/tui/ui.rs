@@ -126,8 +126,22 @@ fn header_line1(app: &App) -> Line<'static> {
         Span::styled("ctrace top ", Style::new().bold()),
         origin,
         Span::raw("  "),
-        lost_span(m.lost),
+        if app.info.lost_unknown {
+            Span::styled(
+                "lost ?",
+                Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
+            )
+        } else {
+            lost_span(m.lost)
+        },
     ];
+    if let Some(w) = &app.info.warning {
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(
+            format!("WARNING {w}"),
+            Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
+        ));
+    }
     if app.paused() {
         let new = app.live.seq.saturating_sub(m.seq);
         spans.push(Span::raw("  "));
@@ -874,6 +888,21 @@ mod tests {
         assert!(!s.contains("4294967295"));
         a.update(Msg::SourceEnded("end of recording".into()));
         assert!(screen(&a, 100, 30).contains("ended: end of recording"));
+    }
+
+    #[test]
+    fn a_replay_without_trailer_says_lost_is_unknown() {
+        let mut info = testkit::info(Origin::Replay {
+            file: "/tmp/x/rec.jsonl".into(),
+            speed: 1.0,
+        });
+        info.lost_unknown = true;
+        info.warning = Some("cut off: no trailer (?)".into());
+        let a = App::new(info);
+        let s = screen(&a, 200, 30);
+        assert!(s.contains("lost ?"), "{s}");
+        assert!(!s.contains("lost 0"), "{s}");
+        assert!(s.contains("WARNING cut off: no trailer (?)"), "{s}");
     }
 
     #[test]
