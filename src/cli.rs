@@ -110,9 +110,13 @@ pub struct ProbesArgs {
 pub struct RecordArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
-    /// Output file (JSON Lines). Default: standard output.
+    /// Output file (JSON Lines), created mode 0600; `-` or none: standard
+    /// output. An existing file is refused (see --force); a symlink always.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Replace an existing output file (never a symlink's target).
+    #[arg(long)]
+    pub force: bool,
     /// Stop after this long (e.g. 30s, 5m). Default: until Ctrl-C.
     #[arg(short, long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
@@ -144,7 +148,7 @@ pub struct TopArgs {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Exit codes:\n  0  no finding that counts (warning or worse)\n  1  findings\n  2  could not run: missing or unreadable file, a line that is not JSON, a newer format (the message names file and line)\n\nA truncated last line is a warning: the complete events before it are reported.\n--json prints a versioned document ({\"format\":1,...})."
+    after_help = "Exit codes:\n  0  no finding that counts (warning or worse)\n  1  findings\n  2  could not run: missing or unreadable file, a line that is not JSON, a newer format (the message names file and line)\n\nA truncated last line is a warning: the complete events before it are reported.\nNo trailer: lost is unknown (null in --json). A line over 16 MiB is an error.\n--json prints a versioned document ({\"format\":1,...})."
 )]
 pub struct ReportArgs {
     /// A recording made by `ctrace record`.

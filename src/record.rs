@@ -2,8 +2,10 @@
 //! Field names are a contract with users' scripts: add fields, never rename.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -70,17 +72,42 @@ pub struct Writer {
     out: BufWriter<Box<dyn Write + Send>>,
     name: String,
     lines: u64,
+    /// The file this writer created: removed again if not even the header
+    /// was written (a `record` that failed to start leaves nothing behind
+    /// that would make the next try refuse the path).
+    created: Option<PathBuf>,
+}
+
+/// Where `record -o` writes: none or `-` is standard output, anything else
+/// a new file (see [`Writer::create_with`]).
+pub fn output(path: Option<&Path>, force: bool) -> Result<Writer> {
+    match path {
+        None => Ok(Writer::stdout()),
+        Some(p) if p.as_os_str() == "-" => Ok(Writer::stdout()),
+        Some(p) => Writer::create_with(p, force),
+    }
 }
 
 impl Writer {
+    /// A new recording file; an existing path is refused.
     pub fn create(path: &Path) -> Result<Writer> {
-        let f = File::create(path).with_context(|| {
-            format!(
-                "cannot write the recording to {}: choose a writable path with -o",
-                path.display()
-            )
-        })?;
-        Ok(Writer::new(Box::new(f), path.display().to_string()))
+        Writer::create_with(path, false)
+    }
+
+    /// A new recording file, mode 0600 whatever the umask (connection tuples
+    /// are not for every local user), created with O_EXCL and O_NOFOLLOW and
+    /// held with an exclusive `flock` so that two recorders never interleave.
+    ///
+    /// An existing path: a symbolic link is always refused (a link planted in
+    /// /tmp must not make root overwrite its target), a character device
+    /// (/dev/null) is written as is, a regular file is refused unless `force`,
+    /// which replaces it (unlinks it and creates a new one, never following a
+    /// link); anything else is refused.
+    pub fn create_with(path: &Path, force: bool) -> Result<Writer> {
+        let (f, created) = create_file(path, force)?;
+        let mut w = Writer::new(Box::new(f), path.display().to_string());
+        w.created = created.then(|| path.to_path_buf());
+        Ok(w)
     }
 
     pub fn stdout() -> Writer {
@@ -92,6 +119,7 @@ impl Writer {
             out: BufWriter::with_capacity(1 << 16, out),
             name,
             lines: 0,
+            created: None,
         }
     }
 
@@ -130,6 +158,138 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(p) = self.created.take() {
+            if self.lines == 0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn cannot_write(path: &Path) -> String {
+    format!(
+        "cannot write the recording to {}: choose a writable path with -o",
+        path.display()
+    )
+}
+
+/// Opens the recording's file as [`Writer::create_with`] says; true when it
+/// created a new file.
+fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let created = |f: File| -> Result<(File, bool)> {
+        // the umask may only take bits away; set the mode exactly
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| cannot_write(path))?;
+        lock(&f, path)?;
+        Ok((f, true))
+    };
+    match create() {
+        Ok(f) => return created(f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| cannot_write(path)),
+    }
+    let ft = std::fs::symlink_metadata(path)
+        .with_context(|| cannot_write(path))?
+        .file_type();
+    if ft.is_symlink() {
+        bail!(
+            "{} is a symbolic link: ctrace does not follow it (a planted link would make it overwrite the link's target, even with --force); remove the link or choose another path with -o",
+            path.display()
+        );
+    }
+    if ft.is_char_device() {
+        // /dev/null and the like: written as they are, without a lock
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+            .with_context(|| cannot_write(path))?;
+        if !f.metadata()?.file_type().is_char_device() {
+            bail!(
+                "{} changed while ctrace opened it: try again",
+                path.display()
+            );
+        }
+        return Ok((f, false));
+    }
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a block device"
+        };
+        bail!(
+            "{} is {what}, not a regular file: choose a file path with -o (or -o - for standard output)",
+            path.display()
+        );
+    }
+    if !force {
+        bail!(
+            "{} already exists: ctrace does not overwrite it; use --force to replace it, or choose another path with -o",
+            path.display()
+        );
+    }
+    // --force: hold the old file's lock while replacing it, so that a
+    // recorder still writing it is refused rather than orphaned
+    let old = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| cannot_write(path))?;
+    if !old.metadata()?.is_file() {
+        bail!(
+            "{} changed while ctrace opened it: try again",
+            path.display()
+        );
+    }
+    lock(&old, path)?;
+    std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+    match create() {
+        Ok(f) => created(f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
+            "{} was created again while ctrace replaced it: another process writes there",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| cannot_write(path)),
+    }
+}
+
+/// An exclusive, non-blocking `flock`, held as long as the file is open.
+fn lock(f: &File, path: &Path) -> Result<()> {
+    // SAFETY: flock takes a descriptor `f` owns and no memory.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == ErrorKind::WouldBlock {
+        bail!(
+            "{} is being written by another ctrace record (it holds the file's lock): choose another path with -o",
+            path.display()
+        );
+    }
+    Err(e).with_context(|| format!("cannot lock {}", path.display()))
+}
+
+/// The longest line a reader accepts (newline included). A recorded event is
+/// a few hundred bytes: anything near this is not a ctrace recording, and a
+/// reader must never buffer an unbounded line (`/dev/zero` has no newline).
+pub const MAX_LINE: usize = 16 << 20;
+
 /// A recording read back, with what went wrong on the way.
 #[derive(Debug, Default)]
 pub struct Recording {
@@ -159,107 +319,295 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// Reads a whole recording. A last line cut short (a recording still being
-/// written, or a crash) is a warning: the complete lines before it are kept.
-/// Anything else malformed is an error naming the file and line.
-pub fn read(path: &Path) -> Result<Recording> {
-    let err = |line: usize, msg: String| ReadError {
-        path: path.to_path_buf(),
-        line,
-        msg,
-    };
-    let f = File::open(path).map_err(|e| err(0, format!("cannot open: {e}")))?;
-    read_from(BufReader::new(f), path)
+/// What a [`Reader`] learnt once the events are read: the trailer (merged
+/// when there are several: the largest `lost` wins), and the problems that
+/// did not stop the read.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub trailer: Option<Trailer>,
+    /// Events read (after the trailer included).
+    pub events: u64,
+    pub warnings: Vec<String>,
 }
 
-pub fn read_from(mut r: impl BufRead, path: &Path) -> Result<Recording> {
-    let err = |line: usize, msg: String| ReadError {
-        path: path.to_path_buf(),
-        line,
-        msg,
-    };
-    let mut rec = Recording::default();
-    let mut buf = String::new();
-    let mut n = 0;
-    loop {
-        buf.clear();
-        let got = r
-            .read_line(&mut buf)
-            .map_err(|e| err(n + 1, format!("read failed: {e}")))?;
-        if got == 0 {
-            break;
-        }
-        n += 1;
-        let complete = buf.ends_with('\n');
-        let text = buf.trim_end();
-        if text.is_empty() {
-            continue;
-        }
-        let line: Line = match serde_json::from_str(text) {
-            Ok(l) => l,
-            Err(e) if !complete => {
-                rec.warnings.push(format!(
-                    "{}:{n}: last line is truncated ({e}); the {} complete events before it are kept",
-                    path.display(),
-                    rec.events.len()
-                ));
-                break;
-            }
-            Err(e) => {
-                // A line we cannot parse: say whether it is JSON at all.
-                let msg = match serde_json::from_str::<serde_json::Value>(text) {
-                    Ok(v) if v.get("type").is_some() => {
-                        format!("not a valid {} line: {e}", v["type"])
-                    }
-                    Ok(_) => format!("a JSON line without a \"type\": {e}"),
-                    Err(_) => format!("not JSON: {e}"),
-                };
-                return Err(err(n, msg).into());
-            }
+/// One line of a recording, as the reader met it.
+enum Got {
+    Line(Line),
+    /// The last line, cut short (no newline and not valid JSON): why.
+    Truncated(String),
+    Eof,
+}
+
+/// Reads a recording as a stream: the header when opened, then events one
+/// at a time ([`Reader::next_event`]), then a [`Summary`]. Memory is bounded
+/// by [`MAX_LINE`] whatever the file's size.
+///
+/// A last line cut short (a recording still being written, a crash, a cut
+/// inside a multi-byte character) is a warning: the complete lines before it
+/// are kept. A second trailer or events after the trailer are warnings too.
+/// Anything else malformed is an error naming the file and line.
+pub struct Reader<R> {
+    lines: Lines<R>,
+    header: Header,
+    trailer: Option<Trailer>,
+    trailer_line: usize,
+    events: u64,
+    /// Events after the first trailer, and the line of the first of them.
+    after_trailer: u64,
+    after_trailer_line: usize,
+    warnings: Vec<String>,
+    done: bool,
+}
+
+/// Lines of a file through a bounded window, with their numbers.
+struct Lines<R> {
+    r: R,
+    path: PathBuf,
+    /// Lines read so far (the number of the last one).
+    line: usize,
+    buf: Vec<u8>,
+}
+
+impl Reader<BufReader<File>> {
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| ReadError {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: format!("cannot open: {e}"),
+        })?;
+        Reader::new(BufReader::with_capacity(1 << 16, f), path)
+    }
+}
+
+impl<R: BufRead> Reader<R> {
+    /// Reads up to and including the header.
+    pub fn new(r: R, path: &Path) -> Result<Self> {
+        let mut lines = Lines {
+            r,
+            path: path.to_path_buf(),
+            line: 0,
+            buf: Vec::new(),
         };
-        match line {
-            Line::Header(h) => {
-                if n != 1 || rec.header.is_some() {
-                    return Err(err(n, "a header line after the first line".into()).into());
-                }
+        let header = match lines.next()? {
+            Got::Line(Line::Header(h)) => {
                 if h.format > FORMAT {
-                    return Err(err(
-                        n,
-                        format!(
+                    return Err(lines
+                        .err(format!(
                             "recording format {} is newer than this ctrace reads ({FORMAT}): upgrade ctrace",
                             h.format
-                        ),
-                    )
-                    .into());
+                        ))
+                        .into());
                 }
-                rec.header = Some(h);
+                h
             }
-            Line::Event(e) => {
-                if rec.header.is_none() {
-                    return Err(err(
-                        n,
-                        "an event before the header: not a ctrace recording".into(),
-                    )
-                    .into());
+            Got::Line(Line::Event(_)) => {
+                return Err(lines
+                    .err("an event before the header: not a ctrace recording".into())
+                    .into())
+            }
+            Got::Line(Line::Trailer(_)) | Got::Truncated(_) | Got::Eof => {
+                return Err(ReadError {
+                    path: lines.path,
+                    line: 0,
+                    msg: "no header line: empty or not a ctrace recording".into(),
                 }
-                rec.events.push(*e);
+                .into())
             }
-            Line::Trailer(t) => rec.trailer = Some(t),
+        };
+        Ok(Reader {
+            lines,
+            header,
+            trailer: None,
+            trailer_line: 0,
+            events: 0,
+            after_trailer: 0,
+            after_trailer_line: 0,
+            warnings: Vec::new(),
+            done: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The next event; None at the end of the file (or at a truncated last
+    /// line, which becomes a warning).
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        while !self.done {
+            match self.lines.next() {
+                Err(e) => {
+                    self.done = true;
+                    return Err(e.into());
+                }
+                Ok(Got::Eof) => self.done = true,
+                Ok(Got::Truncated(why)) => {
+                    self.done = true;
+                    self.warnings.push(format!(
+                        "{}:{}: last line is truncated ({why}); the {} complete events before it are kept",
+                        self.lines.path.display(),
+                        self.lines.line,
+                        self.events
+                    ));
+                }
+                Ok(Got::Line(Line::Header(_))) => {
+                    self.done = true;
+                    return Err(self
+                        .lines
+                        .err("a header line after the first line".into())
+                        .into());
+                }
+                Ok(Got::Line(Line::Event(e))) => {
+                    self.events += 1;
+                    if self.trailer.is_some() {
+                        if self.after_trailer == 0 {
+                            self.after_trailer_line = self.lines.line;
+                        }
+                        self.after_trailer += 1;
+                    }
+                    return Ok(Some(*e));
+                }
+                Ok(Got::Line(Line::Trailer(t))) => self.add_trailer(t),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads what is left and says what was found: the trailer and warnings.
+    pub fn finish(mut self) -> Result<Summary> {
+        while self.next_event()?.is_some() {}
+        if self.after_trailer > 0 {
+            self.warnings.push(format!(
+                "{}:{}: {} event(s) after the trailer (line {}): they are reported, but the trailer did not count them",
+                self.lines.path.display(),
+                self.after_trailer_line,
+                self.after_trailer,
+                self.trailer_line
+            ));
+        }
+        if self.trailer.is_none() {
+            self.warnings.push(format!(
+                "{}: no trailer: the recording was cut off (lost events and kernel counters unknown)",
+                self.lines.path.display()
+            ));
+        }
+        Ok(Summary {
+            trailer: self.trailer,
+            events: self.events,
+            warnings: self.warnings,
+        })
+    }
+
+    /// A second trailer never hides loss: the first is kept with the
+    /// largest `lost` of all, and the reader says so.
+    fn add_trailer(&mut self, t: Trailer) {
+        let Some(first) = self.trailer.as_mut() else {
+            self.trailer = Some(t);
+            self.trailer_line = self.lines.line;
+            return;
+        };
+        let lost = first.lost.max(t.lost);
+        self.warnings.push(format!(
+            "{}:{}: another trailer (the first is line {}; lost {} there, {} here): the first is kept, with the larger lost, {lost}",
+            self.lines.path.display(),
+            self.lines.line,
+            self.trailer_line,
+            first.lost,
+            t.lost
+        ));
+        first.lost = lost;
+        first.lost_user = first.lost_user.max(t.lost_user);
+    }
+}
+
+impl<R: BufRead> Lines<R> {
+    fn err(&self, msg: String) -> ReadError {
+        ReadError {
+            path: self.path.clone(),
+            line: self.line,
+            msg,
         }
     }
-    if rec.header.is_none() {
-        bail!(err(
-            0,
-            "no header line: empty or not a ctrace recording".into()
-        ));
+
+    /// The next non-blank line, read through a bounded window: never more
+    /// than [`MAX_LINE`] bytes are buffered.
+    fn next(&mut self) -> Result<Got, ReadError> {
+        loop {
+            self.buf.clear();
+            if self.buf.capacity() > 1 << 20 {
+                // one long line must not keep its buffer for the rest of the file
+                self.buf.shrink_to(1 << 16);
+            }
+            let got = (&mut self.r)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut self.buf);
+            self.line += 1;
+            let got = got.map_err(|e| self.err(format!("read failed: {e}")))?;
+            if got == 0 {
+                self.line -= 1;
+                return Ok(Got::Eof);
+            }
+            let complete = self.buf.last() == Some(&b'\n');
+            if !complete && self.buf.len() > MAX_LINE {
+                return Err(self.err(format!(
+                    "a line longer than {} MiB: not a ctrace recording",
+                    MAX_LINE >> 20
+                )));
+            }
+            let text = self.buf.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Line>(text) {
+                Ok(l) => return Ok(Got::Line(l)),
+                // no newline: the end of the file, cut short (perhaps inside a character)
+                Err(e) if !complete => return Ok(Got::Truncated(e.to_string())),
+                Err(e) => {
+                    // a line we cannot parse: say whether it is JSON at all
+                    let msg = match serde_json::from_slice::<serde_json::Value>(text) {
+                        Ok(v) if v.get("type").is_some() => {
+                            format!("not a valid {} line: {e}", v["type"])
+                        }
+                        Ok(_) => format!("a JSON line without a \"type\": {e}"),
+                        Err(_) => format!("not JSON: {e}"),
+                    };
+                    return Err(self.err(msg));
+                }
+            }
+        }
     }
-    if rec.trailer.is_none() {
-        rec.warnings.push(format!(
-            "{}: no trailer: the recording was cut off (kernel counters unknown)",
-            path.display()
-        ));
+}
+
+impl<R: BufRead> Iterator for Reader<R> {
+    type Item = Result<Event>;
+    fn next(&mut self) -> Option<Result<Event>> {
+        self.next_event().transpose()
     }
-    Ok(rec)
+}
+
+/// Reads a whole recording into memory: for small files and tests. `report`
+/// and `top --replay` stream with [`Reader`] instead.
+pub fn read(path: &Path) -> Result<Recording> {
+    collect(Reader::open(path)?)
+}
+
+pub fn read_from(r: impl BufRead, path: &Path) -> Result<Recording> {
+    collect(Reader::new(r, path)?)
+}
+
+fn collect<R: BufRead>(mut rd: Reader<R>) -> Result<Recording> {
+    let mut events = Vec::new();
+    while let Some(e) = rd.next_event()? {
+        events.push(e);
+    }
+    let header = rd.header().clone();
+    let s = rd.finish()?;
+    Ok(Recording {
+        header: Some(header),
+        events,
+        trailer: s.trailer,
+        warnings: s.warnings,
+    })
 }
 
 pub fn now_rfc3339() -> String {
@@ -376,6 +724,224 @@ mod tests {
         let r = read_from(Cursor::new(buf), Path::new("x")).unwrap();
         assert_eq!(r.events.len(), 1);
         assert!(r.trailer.is_some());
+    }
+
+    fn trailer(lost: u64) -> String {
+        format!(
+            r#"{{"type":"trailer","end_wall":"x","events":{{"insert_failed":1}},"lost":{lost}}}"#
+        )
+    }
+
+    #[test]
+    fn a_cut_inside_a_character_is_a_truncated_last_line() {
+        let e = event().replace("\"reason\":\"x\"", "\"reason\":\"clash \u{2014} 2\"");
+        let full = format!("{}\n{e}\n{e}\n", header());
+        // cut in the middle of the three bytes of the em dash of the last event
+        let cut = full.rfind('\u{2014}').unwrap() + 1;
+        let r = read_from(
+            Cursor::new(full.as_bytes()[..cut].to_vec()),
+            Path::new("rec.jsonl"),
+        )
+        .unwrap();
+        assert_eq!(r.events.len(), 1);
+        assert!(r.events[0].reason.contains('\u{2014}'));
+        assert!(
+            r.warnings[0].contains("rec.jsonl:3: last line is truncated"),
+            "{:?}",
+            r.warnings
+        );
+        // invalid UTF-8 in a complete line is still an error naming the line
+        let mut bad = format!("{}\n", header()).into_bytes();
+        bad.extend_from_slice(&full.as_bytes()[header().len() + 1..cut]);
+        bad.push(b'\n');
+        let err = read_from(Cursor::new(bad), Path::new("rec.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("rec.jsonl:3:"), "{err}");
+    }
+
+    #[test]
+    fn a_second_trailer_never_hides_the_larger_lost() {
+        for (a, b) in [(5, 0), (0, 5)] {
+            let r = parse(&format!(
+                "{}\n{}\n{}\n{}\n",
+                header(),
+                event(),
+                trailer(a),
+                trailer(b)
+            ))
+            .unwrap();
+            assert_eq!(r.trailer.unwrap().lost, 5);
+            assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+            assert!(
+                r.warnings[0].contains("rec.jsonl:4: another trailer (the first is line 3"),
+                "{:?}",
+                r.warnings
+            );
+            assert!(r.warnings[0].contains("the larger lost, 5"));
+        }
+    }
+
+    #[test]
+    fn events_after_the_trailer_are_kept_and_reported() {
+        let e = event();
+        let r = parse(&format!("{}\n{e}\n{}\n{e}\n{e}\n", header(), trailer(0))).unwrap();
+        assert_eq!(r.events.len(), 3);
+        assert!(
+            r.warnings[0].contains("rec.jsonl:4: 2 event(s) after the trailer (line 3)"),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn no_trailer_says_lost_is_unknown() {
+        let r = parse(&format!("{}\n{}\n", header(), event())).unwrap();
+        assert!(r.trailer.is_none());
+        assert!(r.warnings[0].contains("no trailer"), "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("lost events and kernel counters unknown"));
+    }
+
+    #[test]
+    fn a_line_longer_than_the_maximum_is_an_error_without_buffering_it_all() {
+        // an endless line: the reader stops at MAX_LINE + 1 bytes
+        let zeros = std::io::repeat(0).take(4 * MAX_LINE as u64);
+        let r = format!("{}\n", header()).into_bytes();
+        let err = Reader::new(BufReader::new(Cursor::new(r).chain(zeros)), Path::new("z"))
+            .and_then(|mut rd| rd.next_event().map(|_| ()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "z:2: a line longer than 16 MiB: not a ctrace recording"
+        );
+        // and as the first line
+        let err = Reader::new(BufReader::new(std::io::repeat(b'x')), Path::new("z"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("z:1: a line longer than 16 MiB"), "{err}");
+    }
+
+    #[test]
+    fn the_streaming_reader_yields_header_events_then_summary() {
+        let e = event();
+        let text = format!("{}\n\n{e}\n{e}\n{}\n", header(), trailer(3));
+        let mut rd = Reader::new(Cursor::new(text), Path::new("r")).unwrap();
+        assert_eq!(rd.header().netns, 4026531840);
+        assert_eq!(rd.by_ref().filter(|e| e.is_ok()).count(), 2);
+        let s = rd.finish().unwrap();
+        assert_eq!((s.events, s.trailer.unwrap().lost), (2, 3));
+        assert!(s.warnings.is_empty());
+    }
+
+    /// A directory of its own for a test's files.
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ctrace-record-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn one_line(w: &mut Writer) {
+        w.write(&Line::Trailer(Trailer::default())).unwrap();
+        w.flush().unwrap();
+    }
+
+    #[test]
+    fn a_new_file_is_0600_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tmpdir("mode");
+        let p = d.join("r.jsonl");
+        // SAFETY: umask has no preconditions (it is process-wide: 022 is
+        // the usual default, so other tests are not disturbed).
+        let old = unsafe { libc::umask(0o022) };
+        let w = Writer::create(&p);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let mut w = w.unwrap();
+        one_line(&mut w);
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        drop(w);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn a_symlink_is_refused_even_with_force_and_its_target_untouched() {
+        let d = tmpdir("link");
+        let target = d.join("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = d.join("r.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // a dangling link too: it must not create its target
+        let dangling = d.join("d.jsonl");
+        std::os::unix::fs::symlink(d.join("nothing"), &dangling).unwrap();
+        for force in [false, true] {
+            for l in [&link, &dangling] {
+                let err = Writer::create_with(l, force).err().unwrap().to_string();
+                assert!(err.contains("is a symbolic link"), "{err}");
+                assert!(err.contains(&l.display().to_string()), "{err}");
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(!d.join("nothing").exists());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn an_existing_file_is_refused_unless_force_replaces_it() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tmpdir("exists");
+        let p = d.join("r.jsonl");
+        std::fs::write(&p, "old\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Writer::create(&p).err().unwrap().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old\n");
+        let mut w = Writer::create_with(&p, true).unwrap();
+        // while one writer holds it, a second one (even forced) is refused
+        let err = Writer::create_with(&p, true).err().unwrap().to_string();
+        assert!(
+            err.contains("being written by another ctrace record"),
+            "{err}"
+        );
+        one_line(&mut w);
+        drop(w);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("{\"type\":\"trailer\""), "{text}");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn devices_are_written_other_special_files_refused() {
+        let mut w = Writer::create(Path::new("/dev/null")).unwrap();
+        one_line(&mut w);
+        drop(w);
+        assert!(Path::new("/dev/null").exists());
+        let d = tmpdir("special");
+        let err = Writer::create_with(&d, true).err().unwrap().to_string();
+        assert!(err.contains("is a directory, not a regular file"), "{err}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn dash_is_standard_output_and_an_unused_file_is_removed() {
+        let d = tmpdir("dash");
+        let cwd = d.join("-");
+        let w = output(Some(Path::new("-")), false).unwrap();
+        assert_eq!(w.name, "standard output");
+        assert!(!cwd.exists() && !Path::new("-").exists());
+        // a file that never got a line (record failed to start) is not left behind
+        let p = d.join("r.jsonl");
+        drop(Writer::create(&p).unwrap());
+        assert!(!p.exists());
+        std::fs::remove_dir_all(&d).ok();
     }
 
     #[test]

@@ -81,9 +81,13 @@ fn truncated_last_line_warns_names_the_line_and_reports_what_came_before() {
         .stderr(predicate::str::contains(
             "the 2 complete events before it are kept",
         ))
-        .stdout(predicate::str::contains("Events: insert_failed 2 (lost 0)"))
+        .stdout(predicate::str::contains(
+            "Events: insert_failed 2 (lost unknown: no trailer)",
+        ))
         .stdout(predicate::str::contains("Kernel counters: not available"));
     let v = json_of(&["report", "--json", &rec("truncated.jsonl")], 1);
+    // no trailer: how many were lost is not known, and never shown as 0
+    assert!(v["lost"].is_null(), "{}", v["lost"]);
     assert!(v["warnings"][0]
         .as_str()
         .unwrap()

@@ -104,7 +104,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     d.duration_s = Some(elapsed);
     d.probes = header.probes.clone();
     d.events = kind_counts(&agg.stats);
-    d.lost = fin.lost + fin.lost_user;
+    d.lost = Some(fin.lost + fin.lost_user);
     d.agreement = kc
         .as_ref()
         .map(|k| agreement_per_cpu(k, &d.events, &insert_failed_per_cpu(&agg.stats)))

@@ -13,10 +13,7 @@ use crate::symbolize::KernelSymbols;
 pub fn run(a: &RecordArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
     // Fail on an unwritable output before touching the kernel.
-    let mut w = match &a.output {
-        Some(p) => Writer::create(p)?,
-        None => Writer::stdout(),
-    };
+    let mut w = crate::record::output(a.output.as_deref(), a.force)?;
     let traced = Traced::start(crate::cmd::session_config(&a.trace), a.lab)?;
     let session = &traced.session;
     let progress = !a.quiet && std::io::stderr().is_terminal();

@@ -10,19 +10,27 @@ use crate::findings::doc::{
     agreement_per_cpu, facts, insert_failed_per_cpu, Document, RecordingInfo,
 };
 use crate::findings::{counts_for_exit, evaluate, Aggregate, Input};
-use crate::record::Recording;
+use crate::record::{Header, Reader, Summary};
 use crate::stats::kind_counts;
 
-/// Builds the document of a recording read back.
-pub fn document(path: &Path, rec: &Recording) -> Document {
-    let mut agg = Aggregate::for_netns(rec.header.as_ref().map(|h| h.netns));
-    for e in &rec.events {
-        agg.add(e);
+/// Reads a recording as a stream and aggregates it on the way: memory does
+/// not grow with the file (the aggregation is bounded, no event is kept).
+pub fn aggregate<R: std::io::BufRead>(mut r: Reader<R>) -> Result<(Header, Aggregate, Summary)> {
+    let mut agg = Aggregate::for_netns(Some(r.header().netns));
+    while let Some(e) = r.next_event()? {
+        agg.add(&e);
     }
-    let header = rec.header.clone();
-    let trailer = rec.trailer.clone();
+    let header = r.header().clone();
+    Ok((header, agg, r.finish()?))
+}
+
+/// Builds the document of a recording read back and aggregated.
+pub fn document(path: &Path, header: Option<&Header>, agg: &Aggregate, s: &Summary) -> Document {
+    let header = header.cloned();
+    let trailer = s.trailer.clone();
     let kc = trailer.as_ref().and_then(|t| t.kernel_counters.clone());
-    let lost = trailer.as_ref().map_or(0, |t| t.lost);
+    // no trailer: how many were lost is not known (and never shown as 0)
+    let lost = trailer.as_ref().map(|t| t.lost);
     let start = header.as_ref().map_or(0, |h| h.start_mono_ns);
     let end = trailer.as_ref().map_or(0, |t| t.end_mono_ns);
     let duration_s = if start > 0 && end > start {
@@ -36,20 +44,20 @@ pub fn document(path: &Path, rec: &Recording) -> Document {
     };
     let kernel = header.as_ref().map(|h| h.kernel.clone());
     let input = Input {
-        agg: &agg,
+        agg,
         kernel_counters: kc.as_ref(),
         duration_s,
-        lost,
+        lost: lost.unwrap_or(0),
         table_fill: None,
         node: None,
         kernel: kernel.as_deref(),
     };
     let findings = evaluate(&input);
     let events = kind_counts(&agg.stats);
-    let mut warnings = rec.warnings.clone();
+    let mut warnings = s.warnings.clone();
     if let Some(t) = &trailer {
         // the trailer's own counts against the events read back
-        if t.events != events && rec.warnings.is_empty() {
+        if t.events != events && s.warnings.is_empty() {
             warnings.push(format!(
                 "{}: the trailer counts {:?} but the file holds {:?}",
                 path.display(),
@@ -92,8 +100,8 @@ pub fn document(path: &Path, rec: &Recording) -> Document {
 }
 
 pub fn run(a: &ReportArgs) -> Result<i32> {
-    let rec = crate::record::read(&a.file)?;
-    let d = document(&a.file, &rec);
+    let (header, agg, summary) = aggregate(Reader::open(&a.file)?)?;
+    let d = document(&a.file, Some(&header), &agg, &summary);
     for w in &d.warnings {
         eprintln!("ctrace: warning: {w}");
     }

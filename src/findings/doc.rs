@@ -202,7 +202,9 @@ pub struct Document {
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub probes: BTreeMap<String, serde_json::Value>,
     pub events: BTreeMap<String, u64>,
-    pub lost: u64,
+    /// Records the kernel could not deliver; null when not known (a
+    /// recording without its trailer).
+    pub lost: Option<u64>,
     pub kernel_counters: Option<KernelCounters>,
     pub agreement: Vec<Agreement>,
     pub facts: Facts,
@@ -228,7 +230,7 @@ impl Document {
             recording: None,
             probes: BTreeMap::new(),
             events: BTreeMap::new(),
-            lost: 0,
+            lost: Some(0),
             kernel_counters: None,
             agreement: Vec::new(),
             facts: Facts::default(),
@@ -312,6 +314,7 @@ impl Document {
                     ev.join(", ")
                 },
                 self.lost
+                    .map_or("unknown: no trailer".to_string(), |n| n.to_string())
             );
             if self.agreement.is_empty() {
                 let _ = writeln!(s, "Kernel counters: not available");

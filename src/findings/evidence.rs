@@ -142,6 +142,16 @@ const EVIDENCE_KINDS: [Kind; 5] = [
     Kind::ClashResolved,
 ];
 
+/// Distinct (kind, label) pairs `by_proto` and `by_nat` keep: real
+/// recordings have a handful; a corrupt one must not grow them without end.
+const MAX_LABELS: usize = 64;
+
+fn count_label(m: &mut BTreeMap<(Kind, String), u64>, k: (Kind, String)) {
+    if m.len() < MAX_LABELS || m.contains_key(&k) {
+        *m.entry(k).or_default() += 1;
+    }
+}
+
 impl Collector {
     pub fn add(&mut self, e: &Event) {
         if !EVIDENCE_KINDS.contains(&e.kind) && e.kind != Kind::HostRst {
@@ -171,9 +181,10 @@ impl Collector {
             .entry(e.kind)
             .or_insert_with(|| TopK::new(256))
             .add(tuple_key(&e.orig), 1);
-        *self.by_proto.entry((e.kind, e.proto.clone())).or_default() += 1;
+        // free-form strings in a file: a bounded number of distinct ones
+        count_label(&mut self.by_proto, (e.kind, e.proto.clone()));
         let nat = e.nat.clone().unwrap_or_else(|| "none".into());
-        *self.by_nat.entry((e.kind, nat)).or_default() += 1;
+        count_label(&mut self.by_nat, (e.kind, nat));
         if e.kind == Kind::InsertFailed {
             if let Some(p) = e.port {
                 self.ports.add(p, 1);

@@ -36,6 +36,7 @@ use ratatui::Terminal;
 
 use crate::cli::TopArgs;
 use crate::ctstat::{CpuStats, Snapshot};
+use crate::record::Reader;
 use crate::session::{Session, SessionConfig};
 
 use app::{App, Origin, SourceInfo};
@@ -90,15 +91,27 @@ fn run_replay(a: &TopArgs, path: &Path) -> Result<i32> {
     if !(a.speed.is_finite() && a.speed > 0.0) {
         bail!("--speed {} must be a positive number", a.speed);
     }
-    let rec = crate::record::read(path)?;
-    let header = rec
-        .header
-        .ok_or_else(|| anyhow!("{}: no header", path.display()))?;
+    // a first pass reads the whole file (one event at a time): its errors
+    // come before the terminal is taken, its trailer and warnings are shown
+    // from the start; the replay then streams the file again
+    let mut scan = Reader::open(path)?;
+    let mut last_ts = None;
+    while let Some(e) = scan.next_event()? {
+        last_ts = Some(last_ts.map_or(e.ts_ns, |t: u64| t.max(e.ts_ns)));
+    }
+    let header = scan.header().clone();
+    let summary = scan.finish()?;
     let mut info = SourceInfo::from_header(&header, &path.display().to_string(), a.speed);
-    info.notes = rec.warnings;
+    info.lost_unknown = summary.trailer.is_none();
+    info.warning = match (&summary.trailer, summary.warnings.len()) {
+        (None, _) => Some("cut off: no trailer (?)".into()),
+        (Some(_), 0) => None,
+        (Some(_), n) => Some(format!("{n} problem(s) in the file (?)")),
+    };
+    info.notes = summary.warnings;
     let mut app = App::new(info);
-    let mut end = None;
-    if let Some(t) = &rec.trailer {
+    let mut end = last_ts;
+    if let Some(t) = &summary.trailer {
         app.live.lost = t.lost;
         app.live.kernel = t.kernel_counters.as_ref().map(|k| {
             let per_cpu = if k.per_cpu.is_empty() {
@@ -116,9 +129,12 @@ fn run_replay(a: &TopArgs, path: &Path) -> Result<i32> {
             };
             Snapshot { per_cpu }
         });
-        end = (t.end_mono_ns > 0).then_some(t.end_mono_ns);
+        if t.end_mono_ns > 0 {
+            end = Some(end.unwrap_or(0).max(t.end_mono_ns));
+        }
     }
-    let feed = ReplayFeed::new(rec.events, header.start_mono_ns, end, a.speed);
+    let events = Reader::open(path)?;
+    let feed = ReplayFeed::new(Box::new(events), header.start_mono_ns, end, a.speed);
     need_terminal()?;
     let stop = crate::cmd::run::stop_on_signals()?;
     let (tx, rx) = mpsc::sync_channel(256);
@@ -340,7 +356,7 @@ fn ui_loop(
                         }
                         if f.done() && !ended {
                             ended = true;
-                            app.update(Msg::SourceEnded("end of recording".into()));
+                            app.update(Msg::SourceEnded(f.end_reason()));
                         }
                         f.now_ns()
                     }
@@ -442,6 +458,8 @@ pub mod testkit {
                 probe("symptoms", None, &[]),
             ],
             notes: vec![],
+            warning: None,
+            lost_unknown: false,
             start_ns: 0,
             tod_at_start_ns: None,
         }

@@ -66,6 +66,12 @@ pub struct SourceInfo {
     pub probes: Vec<ProbeLine>,
     /// Session notes and recording warnings (shown in help).
     pub notes: Vec<String>,
+    /// A recording's problem the header shows (cut off, no trailer, a
+    /// second trailer): the details are in `notes`.
+    pub warning: Option<String>,
+    /// A recording without its trailer: how many events were lost is not
+    /// known (the header says "lost ?", never 0).
+    pub lost_unknown: bool,
     /// The events' clock at the start (kernel monotonic ns).
     pub start_ns: u64,
     /// UTC time of day (ns) at `start_ns`, to print event times; None: relative.
@@ -92,6 +98,8 @@ impl SourceInfo {
                 })
                 .collect(),
             notes: Vec::new(),
+            warning: None,
+            lost_unknown: false,
             start_ns: 0,
             tod_at_start_ns: None,
         }
@@ -137,6 +145,8 @@ impl SourceInfo {
             netns: h.netns,
             probes,
             notes: Vec::new(),
+            warning: None,
+            lost_unknown: false,
             start_ns: h.start_mono_ns,
             tod_at_start_ns: tod_from_rfc3339(&h.start_wall),
         }

@@ -44,8 +44,22 @@ fn header_line1(app: &App) -> Line<'static> {
         Span::styled("ctrace top ", Style::new().bold()),
         origin,
         Span::raw("  "),
-        lost_span(m.lost),
+        if app.info.lost_unknown {
+            Span::styled(
+                "lost ?",
+                Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
+            )
+        } else {
+            lost_span(m.lost)
+        },
     ];
+    if let Some(w) = &app.info.warning {
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(
+            format!("WARNING {w}"),
+            Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
+        ));
+    }
     if app.paused() {
         let new = app.live.seq.saturating_sub(m.seq);
         spans.push(Span::raw("  "));
@@ -216,5 +230,20 @@ mod tests {
         let l = node_line(Some(&NodeState::default()), false);
         let t: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
         assert_eq!(t, "node: be_liberal ?  rules: unreadable");
+    }
+
+    #[test]
+    fn a_replay_without_trailer_says_lost_is_unknown() {
+        let mut info = testkit::info(crate::tui::app::Origin::Replay {
+            file: "/tmp/x/rec.jsonl".into(),
+            speed: 1.0,
+        });
+        info.lost_unknown = true;
+        info.warning = Some("cut off: no trailer (?)".into());
+        let a = App::new(info);
+        let s = screen(&a, 200, 30);
+        assert!(s.contains("lost ?"), "{s}");
+        assert!(!s.contains("lost 0"), "{s}");
+        assert!(s.contains("WARNING cut off: no trailer (?)"), "{s}");
     }
 }
