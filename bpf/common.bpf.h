@@ -99,14 +99,10 @@ static __always_inline void ct_submit(struct ct_event *e)
 	bpf_ringbuf_submit(e, queued >= ring_bytes / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-/* pid, comm and cgroup only where the hook is known to run for a task. None of
- * the conntrack hooks is: they run in softirq as often as in a syscall, and the
+/* No pid, comm or cgroup in the record: none of the conntrack hooks is known
+ * to run for a task (they run in softirq as often as in a syscall), and the
  * per-CPU preempt count that would tell them apart is not addressable on every
- * kernel (it needs CONFIG_KALLSYMS_ALL). So no pid is given rather than a wrong
- * one; CT_F_TASK stays reserved for hooks that can prove task context. */
-static __always_inline void ct_task(struct ct_event *e)
-{
-}
+ * kernel (it needs CONFIG_KALLSYMS_ALL). No pid is given rather than a wrong one. */
 
 /* Both tuples of an entry are read with one helper call: the bytes from
  * ct->tuplehash on, into the stack, and every field picked out at the kernel's

@@ -5,7 +5,7 @@
 #ifndef CTRACE_H
 #define CTRACE_H
 
-#define CT_ABI_VERSION 1
+#define CT_ABI_VERSION 2
 
 enum ct_kind {
 	CT_KIND_NAT_ALLOC = 1,
@@ -37,7 +37,6 @@ enum ct_reason {
 
 /* flags */
 enum ct_flag {
-	CT_F_TASK = 0x01,         /* pid/comm/cgroup are from a task context (not softirq) */
 	CT_F_REPLY = 0x02,        /* reply tuple is set */
 	CT_F_REMAPPED = 0x04,     /* NAT changed the port */
 	CT_F_MASKED = 0x08,       /* window: proposed INVALID, accepted because of be_liberal */
@@ -81,18 +80,15 @@ struct ct_tuple {
 
 struct ct_event {
 	__u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-	__u64 cgroup_id;
 	__u64 location;   /* kernel address (kfree_skb location), 0 if none */
 	__u64 ct;         /* kernel address of the nf_conn, for correlating; 0 if none */
 	__u32 kind;       /* enum ct_kind */
 	__u32 cpu;
 	__u32 netns;      /* netns inode */
-	__u32 pid;        /* tgid, valid only with CT_F_TASK */
 	__u32 reason;     /* enum ct_reason */
 	__u32 drop_reason;/* skb_drop_reason / sk_rst_reason value */
 	__u32 seq, ack;   /* TCP header of the packet */
 	__u32 td_end, td_maxend, td_maxwin, bound; /* sender's window state, kernel's bound */
-	__u32 range_flags;/* nf_nat_range2.flags where known */
 	__u16 win;        /* TCP window field */
 	__u16 port;       /* translated port (SNAT: reply dst port, DNAT: reply src port) */
 	__u8 family;      /* 4 or 6 */
@@ -105,7 +101,6 @@ struct ct_event {
 	__u8 final_verdict;
 	struct ct_tuple orig;
 	struct ct_tuple reply;
-	char comm[16];
 	char reason_text[64];
 };
 

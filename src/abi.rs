@@ -45,9 +45,9 @@ const _: () = {
     assert!(std::mem::size_of::<skel::nat::types::ct_event>() == RAW_EVENT_SIZE);
     assert!(std::mem::size_of::<skel::confirm::types::ct_event>() == RAW_EVENT_SIZE);
     assert!(std::mem::size_of::<skel::window::types::ct_event>() == RAW_EVENT_SIZE);
-    // ts, cgroup, location, ct (4 x u64), 13 x u32, 2 x u16, 8 x u8, 2 tuples (36 B),
-    // comm 16, reason_text 64
-    assert!(RAW_EVENT_SIZE == 32 + 52 + 4 + 8 + 72 + 16 + 64);
+    // ts, location, ct (3 x u64), 11 x u32, 2 x u16, 8 x u8, 2 tuples (36 B),
+    // reason_text 64
+    assert!(RAW_EVENT_SIZE == 24 + 44 + 4 + 8 + 72 + 64);
 };
 
 /// `enum ct_kind`.
@@ -84,7 +84,6 @@ pub mod reason {
 /// `enum ct_flag` (the record's `flags` byte).
 pub mod flag {
     use super::t::ct_flag as F;
-    pub const TASK: u8 = F::CT_F_TASK.0 as u8;
     pub const REPLY: u8 = F::CT_F_REPLY.0 as u8;
     pub const REMAPPED: u8 = F::CT_F_REMAPPED.0 as u8;
     pub const MASKED: u8 = F::CT_F_MASKED.0 as u8;
@@ -185,7 +184,6 @@ mod tests {
             ("CT_R_WIN_TYPED", reason::WIN_TYPED.into()),
             ("CT_R_DROP_REASON", reason::DROP_REASON.into()),
             ("CT_R_RST_REASON", reason::RST_REASON.into()),
-            ("CT_F_TASK", flag::TASK.into()),
             ("CT_F_REPLY", flag::REPLY.into()),
             ("CT_F_REMAPPED", flag::REMAPPED.into()),
             ("CT_F_MASKED", flag::MASKED.into()),

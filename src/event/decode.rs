@@ -186,7 +186,6 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         ),
         _ => None,
     };
-    let task = flags & flag::TASK != 0;
     let text = c_str(&raw.reason_text);
     Ok(Event {
         ts_ns: raw.ts_ns,
@@ -209,10 +208,12 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         remapped: flags & flag::REMAPPED != 0,
         random_fully: flags & flag::RANDOM_FULLY != 0,
         tcp,
-        context: if task { "task" } else { "unattributed" }.into(),
-        pid: task.then_some(raw.pid),
-        comm: task.then(|| c_str(&raw.comm)),
-        cgroup_id: task.then_some(raw.cgroup_id),
+        // no hook that writes records is known to run for a task (see
+        // common.bpf.h): no pid rather than a wrong one
+        context: "unattributed".into(),
+        pid: None,
+        comm: None,
+        cgroup_id: None,
         location: None,
         location_addr: (raw.location != 0).then(|| format!("{:#x}", raw.location)),
         source: source_name(raw.source).into(),
@@ -340,20 +341,6 @@ mod tests {
         let mut r = raw(4);
         r.flags = MASKED;
         assert_eq!(decode(&bytes(&r), &NoNames).unwrap().kind, Kind::TcpLiberal);
-    }
-
-    #[test]
-    fn task_context_carries_pid_and_comm() {
-        let mut r = raw(1);
-        r.flags = TASK;
-        r.pid = 77;
-        for (d, s) in r.comm.iter_mut().zip(b"curl") {
-            *d = *s as i8;
-        }
-        let e = decode(&bytes(&r), &NoNames).unwrap();
-        assert_eq!(e.pid, Some(77));
-        assert_eq!(e.comm.as_deref(), Some("curl"));
-        assert_eq!(e.context, "task");
     }
 
     #[test]

@@ -51,7 +51,6 @@ static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_con
 	e->reason = reason;
 	ct_read_conn(e, ct);
 	ct_nat_port(e, BPF_CORE_READ(ct, status));
-	ct_task(e);
 	ct_submit(e);
 }
 
@@ -234,7 +233,6 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	e->location = (__u64)location;
 	ct_read_conn(e, ct);
 	ct_nat_port(e, status);
-	ct_task(e);
 	ct_submit(e);
 	return 0;
 }

@@ -21,12 +21,10 @@ static __always_inline void nat_emit(struct nf_conn *ct, __u32 maniptype, __u32 
 	if (!e)
 		return;
 	e->netns = netns;
-	e->range_flags = range_flags;
 	if (range_flags & NF_NAT_RANGE_PROTO_RANDOM_FULLY)
 		e->flags |= CT_F_RANDOM_FULLY;
 	ct_read_conn(e, ct);
 	ct_nat_port(e, status & bit);
-	ct_task(e);
 	ct_submit(e);
 }
 
@@ -111,7 +109,6 @@ int nat_nf(struct bpf_nf_ctx *ctx)
 	e->hook = ctx->state->hook;
 	ct_read_conn(e, ct);
 	ct_nat_port(e, status);
-	ct_task(e);
 	ct_submit(e);
 	return NF_ACCEPT;
 }

@@ -31,7 +31,6 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 	e->location = (__u64)location;
 	e->reason = CT_R_DROP_REASON;
 	e->drop_reason = reason;
-	ct_task(e);
 	ct_submit(e);
 	return 0;
 }
@@ -113,7 +112,6 @@ static __always_inline void sym_reset(void *ctx, const struct sock *sk, struct s
 		e->reason = CT_R_RST_REASON;
 		e->drop_reason = reason;
 	}
-	ct_task(e);
 	ct_submit(e);
 }
 
@@ -182,7 +180,6 @@ int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
 	e->orig.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	e->orig.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->tcp_flags = 0x02;
-	ct_task(e);
 	ct_submit(e);
 	return 0;
 }

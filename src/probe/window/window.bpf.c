@@ -196,7 +196,6 @@ static __always_inline void win_exit(int ret, __u8 source)
 	} else {
 		e->reason = CT_R_WIN_UNLOGGED;
 	}
-	ct_task(e);
 	ct_submit(e);
 }
 
@@ -345,7 +344,6 @@ int win_nf(struct bpf_nf_ctx *ctx)
 	e->netns = netns;
 	e->hook = ctx->state->hook;
 	e->reason = CT_R_WIN_NO_CT;
-	ct_task(e);
 	ct_submit(e);
 	return NF_ACCEPT;
 }

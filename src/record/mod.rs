@@ -1,0 +1,110 @@
+//! The recording format (JSON Lines): a header, one line per event, a trailer.
+//! Field names are a contract with users' scripts: add fields, never rename.
+//!
+//! - `write`: the writer, and how `record -o` creates its file (0600, never
+//!   through a symlink, never over another recorder's file).
+//! - `read`: the streaming reader, bounded whatever the file's size.
+
+mod read;
+mod write;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::ctstat::KernelCounters;
+use crate::event::Event;
+pub use read::{read, read_from, ReadError, Reader, Recording, Summary, MAX_LINE};
+pub use write::{output, Writer};
+
+/// The format version this build writes and the newest it reads.
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    pub ctrace: String,
+    pub kernel: String,
+    pub hostname: String,
+    pub start_wall: String,
+    pub start_mono_ns: u64,
+    pub netns: u32,
+    /// Probe name -> chosen hook description (or why it is missing).
+    pub probes: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trailer {
+    pub end_wall: String,
+    #[serde(default)]
+    pub end_mono_ns: u64,
+    pub events: BTreeMap<String, u64>,
+    pub lost: u64,
+    /// Events decoded but dropped in user space because the output stalled
+    /// (beside `lost`, the kernel's count of records it could not write).
+    /// Written when not zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_user: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_counters: Option<KernelCounters>,
+    /// Why the recording ended: "duration", "signal", "error: ...".
+    #[serde(default)]
+    pub ended_by: String,
+    /// With `ended_by: "signal"`: which one (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Line {
+    Header(Header),
+    Event(Box<Event>),
+    Trailer(Trailer),
+}
+
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs(), now.subsec_nanos())
+}
+
+/// UTC RFC 3339 with microseconds, from seconds since the epoch.
+pub fn rfc3339(secs: u64, nanos: u32) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // civil-from-days (Howard Hinnant)
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:06}Z",
+        nanos / 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(1_800_000_000, 5_000), "2027-01-15T08:00:00.000005Z");
+    }
+}

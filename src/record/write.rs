@@ -1,0 +1,347 @@
+//! Writing a recording: one line at a time, and the file it goes to.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::Line;
+use crate::event::Event;
+
+/// Writes a recording line by line. Each line is flushed as a whole so that a
+/// reader (or a crash) never sees half a line except at the very end.
+pub struct Writer {
+    out: BufWriter<Box<dyn Write + Send>>,
+    name: String,
+    lines: u64,
+    /// The file this writer created: removed again if not even the header
+    /// was written (a `record` that failed to start leaves nothing behind
+    /// that would make the next try refuse the path).
+    created: Option<PathBuf>,
+}
+
+/// Where `record -o` writes: none or `-` is standard output, anything else
+/// a new file (see [`Writer::create_with`]).
+pub fn output(path: Option<&Path>, force: bool) -> Result<Writer> {
+    match path {
+        None => Ok(Writer::stdout()),
+        Some(p) if p.as_os_str() == "-" => Ok(Writer::stdout()),
+        Some(p) => Writer::create_with(p, force),
+    }
+}
+
+impl Writer {
+    /// A new recording file; an existing path is refused.
+    pub fn create(path: &Path) -> Result<Writer> {
+        Writer::create_with(path, false)
+    }
+
+    /// A new recording file, mode 0600 whatever the umask (connection tuples
+    /// are not for every local user), created with O_EXCL and O_NOFOLLOW and
+    /// held with an exclusive `flock` so that two recorders never interleave.
+    ///
+    /// An existing path: a symbolic link is always refused (a link planted in
+    /// /tmp must not make root overwrite its target), a character device
+    /// (/dev/null) is written as is, a regular file is refused unless `force`,
+    /// which replaces it (unlinks it and creates a new one, never following a
+    /// link); anything else is refused.
+    pub fn create_with(path: &Path, force: bool) -> Result<Writer> {
+        let (f, created) = create_file(path, force)?;
+        let mut w = Writer::new(Box::new(f), path.display().to_string());
+        w.created = created.then(|| path.to_path_buf());
+        Ok(w)
+    }
+
+    pub fn stdout() -> Writer {
+        Writer::new(Box::new(std::io::stdout()), "standard output".into())
+    }
+
+    pub fn new(out: Box<dyn Write + Send>, name: String) -> Writer {
+        Writer {
+            out: BufWriter::with_capacity(1 << 16, out),
+            name,
+            lines: 0,
+            created: None,
+        }
+    }
+
+    pub fn write(&mut self, line: &Line) -> Result<()> {
+        serde_json::to_writer(&mut self.out, line)
+            .with_context(|| format!("writing {}", self.name))?;
+        self.out
+            .write_all(b"\n")
+            .with_context(|| format!("writing {}", self.name))?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn event(&mut self, e: &Event) -> Result<()> {
+        // Serialize the event with its "type" tag without cloning it.
+        #[derive(Serialize)]
+        struct Tagged<'a> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            #[serde(flatten)]
+            e: &'a Event,
+        }
+        serde_json::to_writer(&mut self.out, &Tagged { ty: "event", e })
+            .with_context(|| format!("writing {}", self.name))?;
+        self.out
+            .write_all(b"\n")
+            .with_context(|| format!("writing {}", self.name))?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("flushing {}", self.name))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(p) = self.created.take() {
+            if self.lines == 0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn cannot_write(path: &Path) -> String {
+    format!(
+        "cannot write the recording to {}: choose a writable path with -o",
+        path.display()
+    )
+}
+
+/// Opens the recording's file as [`Writer::create_with`] says; true when it
+/// created a new file.
+fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let created = |f: File| -> Result<(File, bool)> {
+        // the umask may only take bits away; set the mode exactly
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| cannot_write(path))?;
+        lock(&f, path)?;
+        Ok((f, true))
+    };
+    match create() {
+        Ok(f) => return created(f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| cannot_write(path)),
+    }
+    let ft = std::fs::symlink_metadata(path)
+        .with_context(|| cannot_write(path))?
+        .file_type();
+    if ft.is_symlink() {
+        bail!(
+            "{} is a symbolic link: ctrace does not follow it (a planted link would make it overwrite the link's target, even with --force); remove the link or choose another path with -o",
+            path.display()
+        );
+    }
+    if ft.is_char_device() {
+        // /dev/null and the like: written as they are, without a lock
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+            .with_context(|| cannot_write(path))?;
+        if !f.metadata()?.file_type().is_char_device() {
+            bail!(
+                "{} changed while ctrace opened it: try again",
+                path.display()
+            );
+        }
+        return Ok((f, false));
+    }
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a block device"
+        };
+        bail!(
+            "{} is {what}, not a regular file: choose a file path with -o (or -o - for standard output)",
+            path.display()
+        );
+    }
+    if !force {
+        bail!(
+            "{} already exists: ctrace does not overwrite it; use --force to replace it, or choose another path with -o",
+            path.display()
+        );
+    }
+    // --force: hold the old file's lock while replacing it, so that a
+    // recorder still writing it is refused rather than orphaned
+    let old = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| cannot_write(path))?;
+    if !old.metadata()?.is_file() {
+        bail!(
+            "{} changed while ctrace opened it: try again",
+            path.display()
+        );
+    }
+    lock(&old, path)?;
+    std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+    match create() {
+        Ok(f) => created(f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
+            "{} was created again while ctrace replaced it: another process writes there",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| cannot_write(path)),
+    }
+}
+
+/// An exclusive, non-blocking `flock`, held as long as the file is open.
+fn lock(f: &File, path: &Path) -> Result<()> {
+    // SAFETY: flock takes a descriptor `f` owns and no memory.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == ErrorKind::WouldBlock {
+        bail!(
+            "{} is being written by another ctrace record (it holds the file's lock): choose another path with -o",
+            path.display()
+        );
+    }
+    Err(e).with_context(|| format!("cannot lock {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Trailer;
+
+    /// A directory of its own for a test's files.
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ctrace-record-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn one_line(w: &mut Writer) {
+        w.write(&Line::Trailer(Trailer::default())).unwrap();
+        w.flush().unwrap();
+    }
+
+    #[test]
+    fn a_new_file_is_0600_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tmpdir("mode");
+        let p = d.join("r.jsonl");
+        // SAFETY: umask has no preconditions (it is process-wide: 022 is
+        // the usual default, so other tests are not disturbed).
+        let old = unsafe { libc::umask(0o022) };
+        let w = Writer::create(&p);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let mut w = w.unwrap();
+        one_line(&mut w);
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        drop(w);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn a_symlink_is_refused_even_with_force_and_its_target_untouched() {
+        let d = tmpdir("link");
+        let target = d.join("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = d.join("r.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // a dangling link too: it must not create its target
+        let dangling = d.join("d.jsonl");
+        std::os::unix::fs::symlink(d.join("nothing"), &dangling).unwrap();
+        for force in [false, true] {
+            for l in [&link, &dangling] {
+                let err = Writer::create_with(l, force).err().unwrap().to_string();
+                assert!(err.contains("is a symbolic link"), "{err}");
+                assert!(err.contains(&l.display().to_string()), "{err}");
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(!d.join("nothing").exists());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn an_existing_file_is_refused_unless_force_replaces_it() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tmpdir("exists");
+        let p = d.join("r.jsonl");
+        std::fs::write(&p, "old\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Writer::create(&p).err().unwrap().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old\n");
+        let mut w = Writer::create_with(&p, true).unwrap();
+        // while one writer holds it, a second one (even forced) is refused
+        let err = Writer::create_with(&p, true).err().unwrap().to_string();
+        assert!(
+            err.contains("being written by another ctrace record"),
+            "{err}"
+        );
+        one_line(&mut w);
+        drop(w);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("{\"type\":\"trailer\""), "{text}");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn devices_are_written_other_special_files_refused() {
+        let mut w = Writer::create(Path::new("/dev/null")).unwrap();
+        one_line(&mut w);
+        drop(w);
+        assert!(Path::new("/dev/null").exists());
+        let d = tmpdir("special");
+        let err = Writer::create_with(&d, true).err().unwrap().to_string();
+        assert!(err.contains("is a directory, not a regular file"), "{err}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn dash_is_standard_output_and_an_unused_file_is_removed() {
+        let d = tmpdir("dash");
+        let cwd = d.join("-");
+        let w = output(Some(Path::new("-")), false).unwrap();
+        assert_eq!(w.name, "standard output");
+        assert!(!cwd.exists() && !Path::new("-").exists());
+        // a file that never got a line (record failed to start) is not left behind
+        let p = d.join("r.jsonl");
+        drop(Writer::create(&p).unwrap());
+        assert!(!p.exists());
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
