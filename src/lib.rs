@@ -10,6 +10,7 @@ pub mod ctstat;
 pub mod event;
 pub mod exit;
 pub mod findings;
+pub mod incident;
 pub mod lab;
 pub mod netns;
 pub mod node;

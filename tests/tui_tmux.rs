@@ -130,6 +130,7 @@ fn write_recording(path: &Path, events: &[Event], kernel_insert_failed: u64) {
         }),
         ended_by: "duration".into(),
         signal: None,
+        incidents: Default::default(),
     }))
     .unwrap();
     w.flush().unwrap();

@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
+use crate::incident::{self, Correlator};
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
 
@@ -33,15 +34,37 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut ended_by = "signal".to_string();
     let mut write_err = None;
 
-    let mut handle = |e: &mut crate::event::Event,
-                      w: &mut Writer,
-                      counts: &mut BTreeMap<String, u64>,
-                      total: &mut u64|
+    // events -> incidents (held ~200 ms to join each story), then the file
+    let stable_confirm = session
+        .plan
+        .get(crate::probe::Probe::Confirm)
+        .and_then(|p| p.chosen)
+        == Some(crate::probe::Flavour::Stable);
+    let mut corr = Correlator::new(incident::Config {
+        synthesize_clashes: stable_confirm,
+    });
+    let mut incidents: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut emit = |out: incident::Output,
+                    w: &mut Writer,
+                    counts: &mut BTreeMap<String, u64>,
+                    total: &mut u64,
+                    incidents: &mut BTreeMap<String, BTreeMap<String, u64>>|
      -> Result<()> {
-        syms.fill(e);
-        *counts.entry(e.kind.name().to_string()).or_default() += 1;
-        *total += 1;
-        w.event(e)
+        for mut e in out.events {
+            syms.fill(&mut e);
+            *counts.entry(e.kind.name().to_string()).or_default() += 1;
+            *total += 1;
+            w.event(&e)?;
+        }
+        for i in out.incidents {
+            *incidents
+                .entry(i.kind.clone())
+                .or_default()
+                .entry(i.outcome.clone())
+                .or_default() += 1;
+            w.write(&Line::Incident(Box::new(i)))?;
+        }
+        Ok(())
     };
 
     loop {
@@ -54,13 +77,19 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
                 break;
             }
         }
+        let mut out = incident::Output::default();
         if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
-            for mut e in batch {
-                if let Err(err) = handle(&mut e, &mut w, &mut counts, &mut total) {
-                    write_err = Some(err);
-                    break;
-                }
+            for e in batch {
+                let o = corr.push(e);
+                out.events.extend(o.events);
+                out.incidents.extend(o.incidents);
             }
+        }
+        let o = corr.tick(crate::sys::monotonic_ns());
+        out.events.extend(o.events);
+        out.incidents.extend(o.incidents);
+        if let Err(err) = emit(out, &mut w, &mut counts, &mut total, &mut incidents) {
+            write_err = Some(err);
         }
         if write_err.is_some() {
             break;
@@ -89,13 +118,19 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     if let Some(err) = write_err {
         return Err(err);
     }
-    for mut e in fin.remaining {
-        handle(&mut e, &mut w, &mut counts, &mut total)?;
+    let end_mono_ns = crate::sys::monotonic_ns();
+    for e in fin.remaining {
+        let o = corr.push(e);
+        emit(o, &mut w, &mut counts, &mut total, &mut incidents)?;
     }
+    // incidents still open close now (as unknown unless their time has come)
+    let o = corr.finish(end_mono_ns);
+    emit(o, &mut w, &mut counts, &mut total, &mut incidents)?;
     let trailer = Trailer {
         end_wall: crate::record::now_rfc3339(),
-        end_mono_ns: crate::sys::monotonic_ns(),
+        end_mono_ns,
         events: counts,
+        incidents,
         lost: fin.lost,
         lost_user: fin.lost_user,
         signal: (ended_by == "signal")

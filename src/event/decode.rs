@@ -219,6 +219,9 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         source: source_name(raw.source).into(),
         hook: hook_name(raw.hook),
         drop_reason,
+        incident: None,
+        winner: super::WinnerSlot::Absent,
+        winner_unknown: None,
     })
 }
 

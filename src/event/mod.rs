@@ -206,6 +206,72 @@ pub struct Event {
     pub hook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
+    /// The incident this event belongs to (`{"type":"incident","id":N}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<u64>,
+    /// insert_failed and clash_resolved: the connection that holds the tuple
+    /// the loser wanted; `null` when not known, with `winner_unknown` saying why.
+    #[serde(
+        default,
+        skip_serializing_if = "WinnerSlot::is_absent",
+        with = "winner_slot"
+    )]
+    pub winner: WinnerSlot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_unknown: Option<String>,
+}
+
+/// The connection that won a clash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Winner {
+    pub orig: Tuple,
+    pub reply: Tuple,
+    pub cpu: u32,
+    pub ts_ns: u64,
+    /// "nat": from the NAT allocation that took the reply tuple; "table": from
+    /// the conntrack table.
+    pub seen: String,
+}
+
+/// An event's `winner`: not applicable (absent), not known (`null`), or known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WinnerSlot {
+    #[default]
+    Absent,
+    Unknown,
+    Known(Box<Winner>),
+}
+
+impl WinnerSlot {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, WinnerSlot::Absent)
+    }
+
+    pub fn known(&self) -> Option<&Winner> {
+        match self {
+            WinnerSlot::Known(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+mod winner_slot {
+    use super::{Winner, WinnerSlot};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(w: &WinnerSlot, s: S) -> Result<S::Ok, S::Error> {
+        match w {
+            WinnerSlot::Known(w) => w.serialize(s),
+            _ => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WinnerSlot, D::Error> {
+        Ok(match Option::<Winner>::deserialize(d)? {
+            Some(w) => WinnerSlot::Known(Box::new(w)),
+            None => WinnerSlot::Unknown,
+        })
+    }
 }
 
 impl Event {
@@ -243,6 +309,9 @@ impl Event {
             source: "netfilter".into(),
             hook: None,
             drop_reason: None,
+            incident: None,
+            winner: WinnerSlot::Absent,
+            winner_unknown: None,
         }
     }
 

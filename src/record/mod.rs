@@ -52,6 +52,9 @@ pub struct Trailer {
     /// Why the recording ended: "duration", "signal", "error: ...".
     #[serde(default)]
     pub ended_by: String,
+    /// Incidents by kind, then outcome (the `{"type":"incident"}` lines).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incidents: BTreeMap<String, BTreeMap<String, u64>>,
     /// With `ended_by: "signal"`: which one (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
@@ -66,6 +69,7 @@ fn is_zero(n: &u64) -> bool {
 pub enum Line {
     Header(Header),
     Event(Box<Event>),
+    Incident(Box<crate::incident::Incident>),
     Trailer(Trailer),
 }
 

@@ -55,6 +55,7 @@ pub struct Summary {
 }
 
 /// One line of a recording, as the reader met it.
+#[allow(clippy::large_enum_variant)] // one at a time, on the stack
 enum Got {
     Line(Line),
     /// The last line, cut short (no newline and not valid JSON): why.
@@ -124,7 +125,7 @@ impl<R: BufRead> Reader<R> {
                 }
                 h
             }
-            Got::Line(Line::Event(_)) => {
+            Got::Line(Line::Event(_)) | Got::Line(Line::Incident(_)) => {
                 return Err(lines
                     .err("an event before the header: not a ctrace recording".into())
                     .into())
@@ -192,6 +193,9 @@ impl<R: BufRead> Reader<R> {
                     return Ok(Some(*e));
                 }
                 Ok(Got::Line(Line::Trailer(t))) => self.add_trailer(t),
+                // the correlation runs again over the events (old recordings
+                // have no incident lines): the recorded ones are not needed
+                Ok(Got::Line(Line::Incident(_))) => {}
             }
         }
         Ok(None)
