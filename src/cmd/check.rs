@@ -50,6 +50,15 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
 
     let header = traced.session.header();
     let mut agg = Aggregate::for_netns(Some(header.netns));
+    let stable_confirm = traced
+        .session
+        .plan
+        .get(crate::probe::Probe::Confirm)
+        .and_then(|p| p.chosen)
+        == Some(crate::probe::Flavour::Stable);
+    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
+        synthesize_clashes: stable_confirm,
+    });
     let t0 = Instant::now();
     let deadline = t0 + a.duration;
     let mut last_progress = Instant::now();
@@ -60,10 +69,11 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
             break;
         }
         if let Some(batch) = traced.session.recv_timeout(Duration::from_millis(100)) {
-            for e in &batch {
-                agg.add(e);
+            for e in batch {
+                agg.add_output(&corr.push(e));
             }
         }
+        agg.add_output(&corr.tick(crate::sys::monotonic_ns()));
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             super::run::progress(format!(
@@ -84,9 +94,10 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let table_fill = traced.session.table_fill().ok();
     // traffic stops, probes detach, counters are read: in that order
     let (fin, lab) = traced.finish()?;
-    for e in &fin.remaining {
-        agg.add(e);
+    for e in fin.remaining {
+        agg.add_output(&corr.push(e));
     }
+    agg.add_output(&corr.finish(crate::sys::monotonic_ns()));
     drop(lab);
     let kc = fin.counters.map(|c| c.to_counters());
     let input = Input {
@@ -112,6 +123,8 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     d.facts = facts(&input);
     d.findings = evaluate(&input);
     d.kernel_counters = kc.clone();
+    d.incidents = agg.incidents.by_kind.clone();
+    d.incident_examples = agg.incidents.examples.clone();
     if ended_early {
         d.warnings.push(format!(
             "interrupted after {elapsed:.1} s of {:.0} s",

@@ -15,13 +15,31 @@ use crate::stats::kind_counts;
 
 /// Reads a recording as a stream and aggregates it on the way: memory does
 /// not grow with the file (the aggregation is bounded, no event is kept).
+/// The correlation runs again over the events (recordings made before
+/// incidents existed have none): events it made itself are made again.
 pub fn aggregate<R: std::io::BufRead>(mut r: Reader<R>) -> Result<(Header, Aggregate, Summary)> {
     let mut agg = Aggregate::for_netns(Some(r.header().netns));
+    let stable_confirm = r
+        .header()
+        .probes
+        .get("confirm")
+        .and_then(|p| p.get("mode"))
+        .and_then(|m| m.as_str())
+        == Some("stable");
+    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
+        synthesize_clashes: stable_confirm,
+    });
     while let Some(e) = r.next_event()? {
-        agg.add(&e);
+        if e.source == "correlation" {
+            continue;
+        }
+        agg.add_output(&corr.push(e));
     }
     let header = r.header().clone();
-    Ok((header, agg, r.finish()?))
+    let summary = r.finish()?;
+    let end = summary.trailer.as_ref().map_or(0, |t| t.end_mono_ns);
+    agg.add_output(&corr.finish(end));
+    Ok((header, agg, summary))
 }
 
 /// Builds the document of a recording read back and aggregated.
@@ -78,6 +96,8 @@ pub fn document(path: &Path, header: Option<&Header>, agg: &Aggregate, s: &Summa
         .as_ref()
         .map(|k| agreement_per_cpu(k, &events, &insert_failed_per_cpu(&agg.stats)))
         .unwrap_or_default();
+    d.incidents = agg.incidents.by_kind.clone();
+    d.incident_examples = agg.incidents.examples.clone();
     d.events = events;
     d.lost = lost;
     d.facts = facts(&input);

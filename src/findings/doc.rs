@@ -206,6 +206,12 @@ pub struct Document {
     /// recording without its trailer).
     pub lost: Option<u64>,
     pub kernel_counters: Option<KernelCounters>,
+    /// Incidents (the correlation stage's stories) by kind, then outcome.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub incidents: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The first few incidents in full.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub incident_examples: Vec<crate::incident::Incident>,
     pub agreement: Vec<Agreement>,
     pub facts: Facts,
     pub node: Option<NodeState>,
@@ -232,6 +238,8 @@ impl Document {
             events: BTreeMap::new(),
             lost: Some(0),
             kernel_counters: None,
+            incidents: BTreeMap::new(),
+            incident_examples: Vec::new(),
             agreement: Vec::new(),
             facts: Facts::default(),
             node: None,
@@ -316,6 +324,41 @@ impl Document {
                 self.lost
                     .map_or("unknown: no trailer".to_string(), |n| n.to_string())
             );
+            if !self.incidents.is_empty() {
+                let v: Vec<String> = self
+                    .incidents
+                    .iter()
+                    .map(|(k, o)| {
+                        let n: u64 = o.values().sum();
+                        let by: Vec<String> =
+                            o.iter().map(|(out, c)| format!("{out} {c}")).collect();
+                        format!("{k} {n} ({})", by.join(", "))
+                    })
+                    .collect();
+                let _ = writeln!(s, "Incidents: {}", v.join("; "));
+                for i in &self.incident_examples {
+                    let winner = i
+                        .winner
+                        .as_ref()
+                        .map(|w| format!(", won by {}", w.orig))
+                        .unwrap_or_default();
+                    let delay = i
+                        .delay_ms
+                        .map(|d| format!(" after {d} ms"))
+                        .unwrap_or_default();
+                    let ev: Vec<String> =
+                        i.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    let _ = writeln!(
+                        s,
+                        "  #{} {} {}{winner}: {}{delay} ({})",
+                        i.id,
+                        i.kind,
+                        i.flow,
+                        i.outcome,
+                        ev.join(", ")
+                    );
+                }
+            }
             if self.agreement.is_empty() {
                 let _ = writeln!(s, "Kernel counters: not available");
             } else {

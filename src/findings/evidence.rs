@@ -213,6 +213,42 @@ impl Collector {
 pub struct Aggregate {
     pub stats: Stats,
     pub collector: Collector,
+    pub incidents: Incidents,
+}
+
+/// Incidents by kind and outcome, with the first few in full (bounded).
+#[derive(Clone, Debug, Default)]
+pub struct Incidents {
+    pub by_kind: BTreeMap<String, BTreeMap<String, u64>>,
+    pub examples: Vec<crate::incident::Incident>,
+    /// Incidents by the destination the client wanted (top-k, bounded).
+    pub destinations: Option<TopK<(IpAddr, u16)>>,
+}
+
+/// Incidents kept in full in a document.
+pub const INCIDENT_EXAMPLES: usize = 5;
+
+impl Incidents {
+    pub fn add(&mut self, i: &crate::incident::Incident) {
+        *self
+            .by_kind
+            .entry(i.kind.clone())
+            .or_default()
+            .entry(i.outcome.clone())
+            .or_default() += 1;
+        if self.examples.len() < INCIDENT_EXAMPLES {
+            let mut ex = i.clone();
+            ex.timeline.truncate(8);
+            self.examples.push(ex);
+        }
+        self.destinations
+            .get_or_insert_with(|| TopK::new(256))
+            .add((i.flow.dst, i.flow.dport), 1);
+    }
+
+    pub fn count(&self, kind: &str) -> u64 {
+        self.by_kind.get(kind).map_or(0, |m| m.values().sum())
+    }
 }
 
 impl Aggregate {
@@ -226,6 +262,20 @@ impl Aggregate {
     pub fn add(&mut self, e: &Event) {
         self.stats.add(e);
         self.collector.add(e);
+    }
+
+    pub fn add_incident(&mut self, i: &crate::incident::Incident) {
+        self.incidents.add(i);
+    }
+
+    /// What the correlation stage released: its events and its incidents.
+    pub fn add_output(&mut self, o: &crate::incident::Output) {
+        for e in &o.events {
+            self.add(e);
+        }
+        for i in &o.incidents {
+            self.add_incident(i);
+        }
     }
 }
 
