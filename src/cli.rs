@@ -70,6 +70,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Reproduce the failures in throwaway network namespaces.
     Lab(LabArgs),
+    /// Serve Prometheus metrics (/metrics, /healthz, /readyz) while tracing, until SIGTERM.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +128,38 @@ pub struct RecordArgs {
     /// No progress line on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Endpoints: /metrics (Prometheus text; OpenMetrics when the Accept header asks for \
+application/openmetrics-text), /healthz (200 while the process runs), /readyz (503 until every probe \
+is attached, then 200).\n\nSIGTERM, SIGINT, SIGHUP or SIGQUIT detach every probe and exit 0. \
+The metrics and their labels are listed in the README."
+)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Address and port to serve on; anything but loopback must be asked for.
+    #[arg(long, default_value = "127.0.0.1:9808", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Keep a rotating recording in DIR (files 0600, each a complete
+    /// recording), the evidence behind an alert.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// With --record: start a new file when the current one reaches this size.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub record_max_mb: u64,
+    /// With --record: keep at most this many files (the oldest are removed).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub record_max_files: usize,
+    /// Label failure and incident counters with namespace and workload.
+    #[arg(long)]
+    pub workload_labels: bool,
+    /// With --workload-labels: workloads with a series of their own; the rest
+    /// are counted as workload="other".
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub max_workloads: usize,
 }
 
 #[derive(Args, Debug)]

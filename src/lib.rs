@@ -11,6 +11,7 @@ pub mod event;
 pub mod exit;
 pub mod findings;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod pipeline;
