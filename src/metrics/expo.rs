@@ -182,7 +182,9 @@ mod tests {
 # HELP x_info h\n# TYPE x_info gauge\nx_info{version=\"1\"} 1\n"
         );
         let o = encode(&fams, Format::OpenMetrics);
-        assert!(o.starts_with("# HELP x a \\\"quoted\\\" \\\\ help\\nline\n# TYPE x counter\nx_total{"));
+        assert!(
+            o.starts_with("# HELP x a \\\"quoted\\\" \\\\ help\\nline\n# TYPE x counter\nx_total{")
+        );
         assert!(o.contains("# TYPE x info\nx_info{version=\"1\"} 1\n"));
         assert!(o.ends_with("# EOF\n"));
     }

@@ -56,12 +56,24 @@ pub const METRICS: &[(&str, &str, &[&str])] = &[
     ("ctrace_syn_retransmits_total", "counter", &[]),
     ("ctrace_incidents_total", "counter", &["kind", "outcome"]),
     ("ctrace_events_lost_total", "counter", &[]),
-    ("ctrace_kernel_conntrack_insert_failed_total", "counter", &[]),
+    (
+        "ctrace_kernel_conntrack_insert_failed_total",
+        "counter",
+        &[],
+    ),
     ("ctrace_kernel_conntrack_drop_total", "counter", &[]),
     ("ctrace_kernel_conntrack_invalid_total", "counter", &[]),
-    ("ctrace_kernel_conntrack_clash_resolve_total", "counter", &[]),
+    (
+        "ctrace_kernel_conntrack_clash_resolve_total",
+        "counter",
+        &[],
+    ),
     ("ctrace_kernel_conntrack_early_drop_total", "counter", &[]),
-    ("ctrace_kernel_conntrack_search_restart_total", "counter", &[]),
+    (
+        "ctrace_kernel_conntrack_search_restart_total",
+        "counter",
+        &[],
+    ),
     ("ctrace_conntrack_entries", "gauge", &[]),
     ("ctrace_conntrack_entries_limit", "gauge", &[]),
     ("ctrace_probe_info", "gauge", &["probe", "mode", "hook"]),
@@ -364,7 +376,12 @@ impl Metrics {
                 help: help_of(n).into(),
                 ty: Type::Counter,
                 labels: NONE,
-                samples: self.kernel.as_ref().map(|_| (vec![], val)).into_iter().collect(),
+                samples: self
+                    .kernel
+                    .as_ref()
+                    .map(|_| (vec![], val))
+                    .into_iter()
+                    .collect(),
             });
         }
         let table = |i: usize| -> Vec<(Vec<String>, u64)> {
@@ -409,12 +426,7 @@ fn help(base: &str, note: &str) -> String {
     format!("{base}{note}")
 }
 
-fn counter<'a>(
-    name: &'static str,
-    help: String,
-    labels: &'a [&'a str],
-    c: &Counter,
-) -> Family<'a> {
+fn counter<'a>(name: &'static str, help: String, labels: &'a [&'a str], c: &Counter) -> Family<'a> {
     Family {
         name: name.into(),
         help: help.into(),
@@ -511,15 +523,24 @@ mod tests {
             "ctrace_host_resets_total",
             "ctrace_syn_retransmits_total",
         ] {
-            let ws = per_metric.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            let ws = per_metric
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing"));
             assert_eq!(ws.len(), n + 1, "{name}: {} workload series", ws.len());
             assert!(ws.contains("\"other\""), "{name} has no other");
         }
         // every event is counted, in its slot or in other
         let per_workload_events: u64 = (0..3)
-            .map(|round| (0..1000u32).map(|ns| (ns / 500 + round + 1) as u64).sum::<u64>())
+            .map(|round| {
+                (0..1000u32)
+                    .map(|ns| (ns / 500 + round + 1) as u64)
+                    .sum::<u64>()
+            })
             .sum();
-        assert_eq!(value(&text, "ctrace_insert_failures_total{"), per_workload_events);
+        assert_eq!(
+            value(&text, "ctrace_insert_failures_total{"),
+            per_workload_events
+        );
         assert_eq!(m.workloads_held(), n);
         // OpenMetrics: the same series
         let om = m.render(Format::OpenMetrics);
@@ -579,10 +600,15 @@ mod tests {
                     _ => name,
                 };
                 assert!(
-                    text.contains(&format!("\n# TYPE {family} ")) || text.starts_with(&format!("# TYPE {family} ")) || text.contains(&format!("# TYPE {family} ")),
+                    text.contains(&format!("\n# TYPE {family} "))
+                        || text.starts_with(&format!("# TYPE {family} "))
+                        || text.contains(&format!("# TYPE {family} ")),
                     "{name}: no TYPE in {f:?}"
                 );
-                assert!(text.contains(&format!("# HELP {family} ")), "{name}: no HELP");
+                assert!(
+                    text.contains(&format!("# HELP {family} ")),
+                    "{name}: no HELP"
+                );
             }
         }
         let text = m.render(Format::Text);

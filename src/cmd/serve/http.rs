@@ -118,9 +118,9 @@ fn reason(status: u16) -> &'static str {
 
 /// Binds `addr`, with an error that says what to do when the port is taken.
 pub fn bind(addr: &str) -> Result<TcpListener> {
-    let sa: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--listen {addr}: not an address:port (e.g. 127.0.0.1:9808, 0.0.0.0:9808)"))?;
+    let sa: SocketAddr = addr.parse().with_context(|| {
+        format!("--listen {addr}: not an address:port (e.g. 127.0.0.1:9808, 0.0.0.0:9808)")
+    })?;
     match TcpListener::bind(sa) {
         Ok(l) => {
             l.set_nonblocking(true)
@@ -135,11 +135,7 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
 }
 
 /// Serves until `done` is set, answering each request with `handle`.
-pub fn serve(
-    listener: TcpListener,
-    done: Arc<AtomicBool>,
-    handle: impl Fn(&Request) -> Response,
-) {
+pub fn serve(listener: TcpListener, done: Arc<AtomicBool>, handle: impl Fn(&Request) -> Response) {
     while !done.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
@@ -200,7 +196,8 @@ fn one(mut s: TcpStream, handle: &impl Fn(&Request) -> Response) -> std::io::Res
 }
 
 fn write(s: &mut TcpStream, r: &Response, head_only: bool) -> std::io::Result<()> {
-    let head = format!(
+    let head =
+        format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
         r.status,
         reason(r.status),
@@ -221,9 +218,11 @@ mod tests {
 
     #[test]
     fn parses_requests_and_bounds_them() {
-        let r = parse(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nACCEPT: application/openmetrics-text\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let r = parse(
+            b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nACCEPT: application/openmetrics-text\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.path, "/metrics");
         assert_eq!(r.accept.as_deref(), Some("application/openmetrics-text"));
@@ -247,7 +246,12 @@ mod tests {
             b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
             b"get / HTTP/1.1\r\n\r\n",
         ] {
-            assert_eq!(parse(bad), Err(ParseError::Bad), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse(bad),
+                Err(ParseError::Bad),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -276,7 +280,10 @@ mod tests {
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"), "{s}");
         assert!(s.ends_with("path /healthz\n"));
         let s = get(b"HEAD /x HTTP/1.1\r\n\r\n");
-        assert!(s.contains("Content-Length: 8\r\n") && s.ends_with("\r\n\r\n"), "{s}");
+        assert!(
+            s.contains("Content-Length: 8\r\n") && s.ends_with("\r\n\r\n"),
+            "{s}"
+        );
         assert!(get(b"POST / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         // exactly the bound, so that nothing is left unread (no RST)
         let flood = vec![b'a'; MAX_REQUEST];

@@ -53,11 +53,7 @@ fn answer(st: &State, r: &Request) -> Response {
             if st.ready.load(Ordering::Relaxed) {
                 Response::text(200, "ready: every probe is attached\n")
             } else {
-                let why = st
-                    .not_ready
-                    .lock()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
+                let why = st.not_ready.lock().map(|s| s.clone()).unwrap_or_default();
                 Response::text(503, format!("not ready: {why}\n"))
             }
         }
@@ -112,7 +108,12 @@ pub fn run(a: &ServeArgs) -> Result<i32> {
     result
 }
 
-fn trace(a: &ServeArgs, mut traced: Traced, st: &State, mut rot: Option<&mut Rotator>) -> Result<i32> {
+fn trace(
+    a: &ServeArgs,
+    mut traced: Traced,
+    st: &State,
+    mut rot: Option<&mut Rotator>,
+) -> Result<i32> {
     let header = traced.session.header();
     for n in &traced.session.notes {
         say(format!("ctrace: note: {n}"));

@@ -52,8 +52,8 @@ impl Rotator {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("restricting {} to its owner", dir.display()))?;
         }
-        let md = std::fs::symlink_metadata(dir)
-            .with_context(|| format!("reading {}", dir.display()))?;
+        let md =
+            std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
         if !md.is_dir() {
             anyhow::bail!("--record {}: not a directory", dir.display());
         }
@@ -215,10 +215,16 @@ mod tests {
             assert_eq!(std::fs::metadata(f).unwrap().mode() & 0o777, 0o600);
             let rec = crate::record::read(f).unwrap();
             let t = rec.trailer.expect("every file has its trailer");
-            assert_eq!(t.events.get("insert_failed").copied().unwrap_or(0), rec.events.len() as u64);
+            assert_eq!(
+                t.events.get("insert_failed").copied().unwrap_or(0),
+                rec.events.len() as u64
+            );
             events += rec.events.len();
         }
-        assert!(events > 0 && events < 200, "the oldest were removed: {events}");
+        assert!(
+            events > 0 && events < 200,
+            "the oldest were removed: {events}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
