@@ -185,8 +185,10 @@ pub struct TopArgs {
     after_help = "Exit codes:\n  0  no finding that counts (warning or worse)\n  1  findings\n  2  could not run: missing or unreadable file, a line that is not JSON, a newer format (the message names file and line)\n\nA truncated last line is a warning: the complete events before it are reported.\nNo trailer: lost is unknown (null in --json). A line over 16 MiB is an error.\n--json prints a versioned document ({\"format\":1,...})."
 )]
 pub struct ReportArgs {
-    /// A recording made by `ctrace record`.
-    pub file: PathBuf,
+    /// Recordings made by `ctrace record` (or `serve --record`). Several:
+    /// reported together, grouped by node (the header's hostname), with totals.
+    #[arg(required = true, num_args = 1.., value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
