@@ -617,3 +617,26 @@ mod tests {
         assert!(text.contains("ctrace_build_info{version=\""));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// Every name of the contract is documented in the README's table.
+    #[test]
+    fn the_readme_documents_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        for (name, ty, labels) in super::METRICS {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("README has no row for {name}"));
+            assert!(row.contains(ty), "{name}: README does not say {ty}");
+            for l in *labels {
+                assert!(
+                    row.contains(&format!("`{l}`")),
+                    "{name}: README misses label {l}"
+                );
+            }
+        }
+    }
+}

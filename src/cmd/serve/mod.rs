@@ -148,10 +148,13 @@ fn trace(
         traced.session.netns,
         traced.session.attach_time.as_millis()
     ));
+    // a file's kernel counters: the session's deltas (since attach) at its
+    // start and at its end, so that the last one ends with the session's own
+    // final read, after every probe is detached
     if let Some(r) = rot.as_deref_mut() {
         r.begin(&Now {
             header: &header,
-            kernel: kernel_now(&mut traced),
+            kernel: traced.session.counters().ok(),
             lost: 0,
             lost_user: 0,
         })?;
@@ -191,7 +194,7 @@ fn trace(
             if let Some(r) = rot.as_deref_mut() {
                 let now = Now {
                     header: &header,
-                    kernel: kernel_now(&mut traced),
+                    kernel: traced.session.counters().ok(),
                     lost: traced.session.lost(),
                     lost_user: traced.session.lost_user(),
                 };
@@ -204,10 +207,9 @@ fn trace(
         *w = "shutting down".into();
     }
     // the one shutdown order: detach and drain, then the counters
-    let absolute_before_detach = kernel_now(&mut traced);
     let (fin, _lab) = traced.finish()?;
     let mut remaining = fin.remaining;
-    if let Some(r) = rot.as_deref_mut() {
+    if let Some(r) = rot {
         for e in remaining.iter_mut() {
             syms.fill(e);
             r.event(e)?;
@@ -215,7 +217,7 @@ fn trace(
         r.end(
             &Now {
                 header: &header,
-                kernel: absolute_before_detach,
+                kernel: fin.counters.clone(),
                 lost: fin.lost,
                 lost_user: fin.lost_user,
             },
