@@ -232,12 +232,20 @@ impl Drop for Dockerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // vfs layers and the managed containerd's state
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.join("exec"))
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // what dockerd left mounted under its directories (its netns file)
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("could not remove {}: {e}", self.dir.display());
+        }
     }
 }
 
