@@ -70,6 +70,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Reproduce the failures in throwaway network namespaces.
     Lab(LabArgs),
+    /// Serve Prometheus metrics (/metrics, /healthz, /readyz) while tracing, until SIGTERM.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -129,6 +131,38 @@ pub struct RecordArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Endpoints: /metrics (Prometheus text; OpenMetrics when the Accept header asks for \
+application/openmetrics-text), /healthz (200 while the process runs), /readyz (503 until every probe \
+is attached, then 200).\n\nSIGTERM, SIGINT, SIGHUP or SIGQUIT detach every probe and exit 0. \
+The metrics and their labels are listed in the README."
+)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Address and port to serve on; anything but loopback must be asked for.
+    #[arg(long, default_value = "127.0.0.1:9808", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Keep a rotating recording in DIR (files 0600, each a complete
+    /// recording), the evidence behind an alert.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// With --record: start a new file when the current one reaches this size.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub record_max_mb: u64,
+    /// With --record: keep at most this many files (the oldest are removed).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub record_max_files: usize,
+    /// Label failure and incident counters with namespace and workload.
+    #[arg(long)]
+    pub workload_labels: bool,
+    /// With --workload-labels: workloads with a series of their own; the rest
+    /// are counted as workload="other".
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub max_workloads: usize,
+}
+
+#[derive(Args, Debug)]
 pub struct TopArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -151,8 +185,10 @@ pub struct TopArgs {
     after_help = "Exit codes:\n  0  no finding that counts (warning or worse)\n  1  findings\n  2  could not run: missing or unreadable file, a line that is not JSON, a newer format (the message names file and line)\n\nA truncated last line is a warning: the complete events before it are reported.\nNo trailer: lost is unknown (null in --json). A line over 16 MiB is an error.\n--json prints a versioned document ({\"format\":1,...})."
 )]
 pub struct ReportArgs {
-    /// A recording made by `ctrace record`.
-    pub file: PathBuf,
+    /// Recordings made by `ctrace record` (or `serve --record`). Several:
+    /// reported together, grouped by node (the header's hostname), with totals.
+    #[arg(required = true, num_args = 1.., value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

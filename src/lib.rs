@@ -12,6 +12,7 @@ pub mod exit;
 pub mod findings;
 pub mod incident;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod pipeline;

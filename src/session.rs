@@ -180,6 +180,15 @@ impl Session {
         Ok(ct.per_cpu()?.delta(base))
     }
 
+    /// The kernel's conntrack counters now, absolute (what `conntrack -S`
+    /// prints), per CPU.
+    pub fn counters_now(&mut self) -> Result<Snapshot> {
+        match self.ct.as_mut() {
+            Some(ct) => ct.per_cpu(),
+            None => bail!("no ctnetlink socket"),
+        }
+    }
+
     /// Entries and maximum of the conntrack table.
     pub fn table_fill(&mut self) -> Result<(u64, u64)> {
         match self.ct.as_mut() {

@@ -9,6 +9,7 @@ pub mod probes;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod serve;
 
 use anyhow::Result;
 
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Check(a) => check::run(&a),
         Command::Doctor(a) => doctor::run(&a),
         Command::Lab(a) => lab::run(&a),
+        Command::Serve(a) => serve::run(&a),
     }
 }
 

@@ -1,11 +1,15 @@
 //! `ctrace report FILE`: the aggregation and findings of a recording, offline.
 //! No root: the node's configuration is not known here, so mitigations are
 //! stated for the general case; the recording's kernel decides the wording.
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use anyhow::Result;
 
 use crate::cli::ReportArgs;
+use crate::ctstat::COUNTER_NAMES;
 use crate::findings::doc::{
     agreement_per_cpu, facts, insert_failed_per_cpu, Document, RecordingInfo,
 };
@@ -120,15 +124,208 @@ pub fn document(path: &Path, header: Option<&Header>, agg: &Aggregate, s: &Summa
 }
 
 pub fn run(a: &ReportArgs) -> Result<i32> {
-    let (header, agg, summary) = aggregate(Reader::open(&a.file)?)?;
-    let d = document(&a.file, Some(&header), &agg, &summary);
+    if let [file] = a.files.as_slice() {
+        return one(file, a.json);
+    }
+    nodes(&a.files, a.json)
+}
+
+/// One recording: its document, as it has always been printed.
+fn one(file: &Path, json: bool) -> Result<i32> {
+    let (header, agg, summary) = aggregate(Reader::open(file)?)?;
+    let d = document(file, Some(&header), &agg, &summary);
     for w in &d.warnings {
         eprintln!("ctrace: warning: {w}");
     }
-    if a.json {
+    if json {
         println!("{}", d.to_json());
     } else {
         print!("{}", d.to_text());
     }
     Ok(d.exit)
+}
+
+/// Sums over several recordings' documents.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub recordings: usize,
+    pub events: BTreeMap<String, u64>,
+    /// None when a recording has no trailer (how many were lost is unknown).
+    pub lost: Option<u64>,
+    /// The kernel's counter deltas, summed (recordings with a trailer).
+    pub kernel_counters: BTreeMap<String, u64>,
+    pub findings: usize,
+}
+
+impl Totals {
+    fn add(&mut self, d: &Document) {
+        if self.recordings == 0 {
+            self.lost = Some(0);
+        }
+        self.recordings += 1;
+        for (k, v) in &d.events {
+            *self.events.entry(k.clone()).or_default() += v;
+        }
+        self.lost = match (self.lost, d.lost) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        if let Some(kc) = &d.kernel_counters {
+            // one list of names: ctstat's
+            let v = serde_json::to_value(kc).unwrap_or_default();
+            for n in COUNTER_NAMES {
+                *self.kernel_counters.entry(n.to_string()).or_default() +=
+                    v[*n].as_u64().unwrap_or(0);
+            }
+        }
+        self.findings += d.findings.len();
+    }
+
+    fn merge(&mut self, o: &Totals) {
+        if self.recordings == 0 {
+            self.lost = Some(0);
+        }
+        self.recordings += o.recordings;
+        for (k, v) in &o.events {
+            *self.events.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.kernel_counters {
+            *self.kernel_counters.entry(k.clone()).or_default() += v;
+        }
+        self.lost = match (self.lost, o.lost) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.findings += o.findings;
+    }
+
+    fn line(&self) -> String {
+        let ev: Vec<String> = self
+            .events
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let k = |n: &str| self.kernel_counters.get(n).copied().unwrap_or(0);
+        format!(
+            "{} recording(s); events: {}; lost {}; kernel: insert_failed {} drop {} invalid {} clash_resolve {}; {} finding(s)",
+            self.recordings,
+            if ev.is_empty() { "none".to_string() } else { ev.join(", ") },
+            self.lost.map_or("unknown (a recording has no trailer)".to_string(), |l| l.to_string()),
+            k("insert_failed"),
+            k("drop"),
+            k("invalid"),
+            k("clash_resolve"),
+            self.findings,
+        )
+    }
+}
+
+/// One node's recordings.
+#[derive(Debug, Serialize)]
+pub struct Node {
+    pub hostname: String,
+    pub recordings: Vec<Document>,
+    pub totals: Totals,
+}
+
+/// The document of several recordings grouped by node.
+#[derive(Debug, Serialize)]
+pub struct NodesDocument {
+    pub format: u32,
+    pub command: &'static str,
+    pub ctrace: &'static str,
+    pub nodes: Vec<Node>,
+    pub totals: Totals,
+    pub exit: i32,
+}
+
+/// Groups documents by node (hostname, in name order; a node's recordings
+/// in the order given) and sums them.
+pub fn group(docs: Vec<Document>) -> NodesDocument {
+    let mut by: BTreeMap<String, Vec<Document>> = BTreeMap::new();
+    for d in docs {
+        let host = d
+            .recording
+            .as_ref()
+            .map(|r| r.header.hostname.clone())
+            .unwrap_or_default();
+        by.entry(host).or_default().push(d);
+    }
+    let mut totals = Totals::default();
+    let mut exit = crate::exit::OK;
+    let nodes = by
+        .into_iter()
+        .map(|(hostname, recordings)| {
+            let mut t = Totals::default();
+            for d in &recordings {
+                t.add(d);
+                exit = exit.max(d.exit);
+            }
+            totals.merge(&t);
+            Node {
+                hostname,
+                recordings,
+                totals: t,
+            }
+        })
+        .collect();
+    NodesDocument {
+        format: crate::findings::doc::FORMAT,
+        command: "report",
+        ctrace: env!("CARGO_PKG_VERSION"),
+        nodes,
+        totals,
+        exit,
+    }
+}
+
+impl NodesDocument {
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            s.push_str(&format!(
+                "=== node {} ({} recording(s)) ===\n\n",
+                n.hostname,
+                n.recordings.len()
+            ));
+            for d in &n.recordings {
+                s.push_str(&d.to_text());
+                s.push('\n');
+            }
+            s.push_str(&format!(
+                "node {} totals: {}\n\n",
+                n.hostname,
+                n.totals.line()
+            ));
+        }
+        s.push_str(&format!("=== all {} nodes ===\n", self.nodes.len()));
+        for n in &self.nodes {
+            s.push_str(&format!("  {:<24} {}\n", n.hostname, n.totals.line()));
+        }
+        s.push_str(&format!("  {:<24} {}\n", "total", self.totals.line()));
+        s
+    }
+}
+
+/// Several recordings, grouped by node, with totals.
+fn nodes(files: &[PathBuf], json: bool) -> Result<i32> {
+    let mut docs = Vec::with_capacity(files.len());
+    for f in files {
+        let (header, agg, summary) = aggregate(Reader::open(f)?)?;
+        let d = document(f, Some(&header), &agg, &summary);
+        for w in &d.warnings {
+            eprintln!("ctrace: warning: {w}");
+        }
+        docs.push(d);
+    }
+    let nd = group(docs);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&nd).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        print!("{}", nd.to_text());
+    }
+    Ok(nd.exit)
 }

@@ -1,0 +1,245 @@
+//! `serve --record DIR`: a rotating recording. Every file is a complete
+//! recording (header, events, trailer with the kernel's counter deltas over
+//! that file), created 0600 by [`Writer`]; a file is closed when it reaches
+//! the size limit, and the oldest files go when there are more than the
+//! count limit.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::ctstat::Snapshot;
+use crate::event::Event;
+use crate::record::{Header, Line, Trailer, Writer};
+
+const PREFIX: &str = "ctrace-serve-";
+const SUFFIX: &str = ".jsonl";
+
+/// Where the counters stood when the current file began.
+struct Open {
+    w: Writer,
+    path: PathBuf,
+    events: BTreeMap<String, u64>,
+    incidents: BTreeMap<String, BTreeMap<String, u64>>,
+    lost_at_start: u64,
+    lost_user_at_start: u64,
+    kernel_at_start: Option<Snapshot>,
+}
+
+pub struct Rotator {
+    dir: PathBuf,
+    max_bytes: u64,
+    max_files: usize,
+    seq: u64,
+    open: Option<Open>,
+}
+
+/// What the session looks like now, for a file's trailer or the next header.
+pub struct Now<'a> {
+    pub header: &'a Header,
+    pub kernel: Option<Snapshot>,
+    pub lost: u64,
+    pub lost_user: u64,
+}
+
+impl Rotator {
+    /// Checks (or creates, mode 0700) the directory before anything attaches.
+    pub fn new(dir: &Path, max_bytes: u64, max_files: usize) -> Result<Rotator> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the recording directory {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to its owner", dir.display()))?;
+        }
+        let md =
+            std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if !md.is_dir() {
+            anyhow::bail!("--record {}: not a directory", dir.display());
+        }
+        Ok(Rotator {
+            dir: dir.to_path_buf(),
+            max_bytes: max_bytes.max(1),
+            max_files: max_files.max(1),
+            seq: 0,
+            open: None,
+        })
+    }
+
+    /// This directory's recordings, oldest first (their names sort by time).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        n.starts_with(PREFIX) && n.ends_with(SUFFIX)
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Begins a new file (removing the oldest beyond the count limit).
+    pub fn begin(&mut self, now: &Now) -> Result<()> {
+        self.seq += 1;
+        let stamp: String = crate::record::now_rfc3339()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let path = self
+            .dir
+            .join(format!("{PREFIX}{stamp}-{:06}{SUFFIX}", self.seq));
+        let mut w = Writer::create(&path)?;
+        w.write(&Line::Header(now.header.clone()))?;
+        w.flush()?;
+        self.open = Some(Open {
+            w,
+            path,
+            events: BTreeMap::new(),
+            incidents: BTreeMap::new(),
+            lost_at_start: now.lost,
+            lost_user_at_start: now.lost_user,
+            kernel_at_start: now.kernel.clone(),
+        });
+        let files = self.files();
+        if files.len() > self.max_files {
+            for old in &files[..files.len() - self.max_files] {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn incident(&mut self, i: &crate::incident::Incident) -> Result<()> {
+        if let Some(o) = self.open.as_mut() {
+            *o.incidents
+                .entry(i.kind.clone())
+                .or_default()
+                .entry(i.outcome.clone())
+                .or_default() += 1;
+            o.w.write(&Line::Incident(Box::new(i.clone())))?;
+        }
+        Ok(())
+    }
+
+    pub fn event(&mut self, e: &Event) -> Result<()> {
+        if let Some(o) = self.open.as_mut() {
+            *o.events.entry(e.kind.name().to_string()).or_default() += 1;
+            o.w.event(e)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, and rotates once the file has reached the size limit.
+    pub fn tick(&mut self, now: &Now) -> Result<()> {
+        let Some(o) = self.open.as_mut() else {
+            return Ok(());
+        };
+        o.w.flush()?;
+        let len = std::fs::metadata(&o.path).map(|m| m.len()).unwrap_or(0);
+        if len >= self.max_bytes {
+            self.end(now, "rotated", None)?;
+            self.begin(now)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the current file's trailer.
+    pub fn end(&mut self, now: &Now, ended_by: &str, signal: Option<String>) -> Result<()> {
+        let Some(mut o) = self.open.take() else {
+            return Ok(());
+        };
+        let kernel_counters = match (&now.kernel, &o.kernel_at_start) {
+            (Some(k), Some(base)) => Some(k.delta(base).to_counters()),
+            _ => None,
+        };
+        let t = Trailer {
+            end_wall: crate::record::now_rfc3339(),
+            end_mono_ns: crate::sys::monotonic_ns(),
+            events: o.events,
+            lost: now.lost.saturating_sub(o.lost_at_start),
+            lost_user: now.lost_user.saturating_sub(o.lost_user_at_start),
+            kernel_counters,
+            ended_by: ended_by.to_string(),
+            signal,
+            incidents: o.incidents,
+        };
+        o.w.write(&Line::Trailer(t))?;
+        o.w.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Kind, Tuple};
+    use std::os::unix::fs::MetadataExt;
+
+    fn header() -> Header {
+        Header {
+            format: crate::record::FORMAT,
+            ctrace: "0".into(),
+            kernel: "6.18".into(),
+            hostname: "n".into(),
+            start_wall: "x".into(),
+            start_mono_ns: 1,
+            netns: 1,
+            probes: BTreeMap::new(),
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn rotates_by_size_keeps_the_newest_files_each_a_recording() {
+        let dir = std::env::temp_dir().join(format!("ctrace-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let h = header();
+        let now = Now {
+            header: &h,
+            kernel: None,
+            lost: 0,
+            lost_user: 0,
+        };
+        let mut r = Rotator::new(&dir, 4096, 3).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        r.begin(&now).unwrap();
+        let e = Event::new(
+            Kind::InsertFailed,
+            Tuple {
+                src: "10.0.0.1".parse().unwrap(),
+                sport: 1,
+                dst: "10.0.0.2".parse().unwrap(),
+                dport: 2,
+            },
+        );
+        for _ in 0..200 {
+            r.event(&e).unwrap();
+            r.tick(&now).unwrap();
+        }
+        r.end(&now, "signal", Some("SIGTERM".into())).unwrap();
+        let files = r.files();
+        assert_eq!(files.len(), 3, "{files:?}");
+        let mut events = 0;
+        for f in &files {
+            assert_eq!(std::fs::metadata(f).unwrap().mode() & 0o777, 0o600);
+            let rec = crate::record::read(f).unwrap();
+            let t = rec.trailer.expect("every file has its trailer");
+            assert_eq!(
+                t.events.get("insert_failed").copied().unwrap_or(0),
+                rec.events.len() as u64
+            );
+            events += rec.events.len();
+        }
+        assert!(
+            events > 0 && events < 200,
+            "the oldest were removed: {events}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
