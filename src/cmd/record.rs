@@ -9,6 +9,7 @@ use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
+use crate::workload::Resolver;
 
 pub fn run(a: &RecordArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
@@ -24,6 +25,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     w.flush()?;
 
     let mut syms = KernelSymbols::new();
+    // on this (the consumer) thread, never the ring buffer's: its cost is a
+    // cache lookup, a scan of the node on a miss at most once a second
+    let mut workloads = (!a.trace.no_workloads).then(|| Resolver::new("/"));
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = 0u64;
     let t0 = Instant::now();
@@ -39,6 +43,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
                       total: &mut u64|
      -> Result<()> {
         syms.fill(e);
+        if let Some(r) = workloads.as_mut() {
+            r.fill(e);
+        }
         *counts.entry(e.kind.name().to_string()).or_default() += 1;
         *total += 1;
         w.event(e)

@@ -219,6 +219,7 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         source: source_name(raw.source).into(),
         hook: hook_name(raw.hook),
         drop_reason,
+        workload: None,
     })
 }
 
