@@ -94,6 +94,10 @@ pub struct TraceArgs {
     /// Size of each ring buffer in MiB (power of two).
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub ringbuf_mb: u32,
+    /// Do not name the workload (pod, container, netns) that owns each event's
+    /// original source (no scans of /proc, no netlink address dumps).
+    #[arg(long)]
+    pub no_workloads: bool,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,7 @@ pub mod stats;
 pub mod symbolize;
 pub mod sys;
 pub mod tui;
+pub mod workload;
 
 pub use cmd::run;
 

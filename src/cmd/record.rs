@@ -10,6 +10,7 @@ use crate::cli::RecordArgs;
 use crate::incident::{self, Correlator};
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
+use crate::workload::Resolver;
 
 pub fn run(a: &RecordArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
@@ -25,6 +26,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     w.flush()?;
 
     let mut syms = KernelSymbols::new();
+    // on this (the consumer) thread, never the ring buffer's: its cost is a
+    // cache lookup, a scan of the node on a miss at most once a second
+    let mut workloads = (!a.trace.no_workloads).then(|| Resolver::new("/"));
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = 0u64;
     let t0 = Instant::now();
@@ -52,11 +56,20 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
      -> Result<()> {
         for mut e in out.events {
             syms.fill(&mut e);
+            if let Some(r) = workloads.as_mut() {
+                r.fill(&mut e);
+            }
             *counts.entry(e.kind.name().to_string()).or_default() += 1;
             *total += 1;
             w.event(&e)?;
         }
-        for i in out.incidents {
+        for mut i in out.incidents {
+            // the loser's workload: its original source's, like its events'
+            if let Some(r) = workloads.as_mut() {
+                i.workload = r
+                    .resolve(i.flow.src)
+                    .and_then(|w| serde_json::to_value(w).ok());
+            }
             *incidents
                 .entry(i.kind.clone())
                 .or_default()

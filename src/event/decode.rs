@@ -222,6 +222,7 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         incident: None,
         winner: super::WinnerSlot::Absent,
         winner_unknown: None,
+        workload: None,
     })
 }
 

@@ -206,6 +206,11 @@ pub struct Event {
     pub hook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
+    /// Who owns the original source address (a pod, a container, a netns,
+    /// the host), filled by the consumer (`crate::workload`); absent where
+    /// unknown or turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::workload::Workload>,
     /// The incident this event belongs to (`{"type":"incident","id":N}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<u64>,
@@ -312,6 +317,7 @@ impl Event {
             incident: None,
             winner: WinnerSlot::Absent,
             winner_unknown: None,
+            workload: None,
         }
     }
 

@@ -32,12 +32,22 @@ impl Workload {
     }
 }
 
-/// The workload an event is attributed to (until the resolver lands: its
-/// network namespace).
+/// The workload an event is attributed to: the resolver's (a pod: its
+/// namespace and name; a container, a named netns: its name), else its
+/// network namespace.
 pub fn resolve(e: &Event) -> Workload {
-    Workload {
-        namespace: String::new(),
-        workload: format!("netns:{}", e.netns),
+    match &e.workload {
+        Some(w) => Workload {
+            namespace: w.namespace.clone().unwrap_or_default(),
+            workload: w
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("netns:{}", w.netns)),
+        },
+        None => Workload {
+            namespace: String::new(),
+            workload: format!("netns:{}", e.netns),
+        },
     }
 }
 

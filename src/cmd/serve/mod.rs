@@ -169,9 +169,16 @@ fn trace(
     let mut corr = crate::incident::Correlator::new(crate::incident::Config {
         synthesize_clashes: stable_confirm,
     });
+    let mut workloads =
+        (!a.trace.no_workloads).then(|| crate::workload::Resolver::new(std::path::Path::new("/")));
     // events through the correlation stage, then the file and the counters
     let mut emit = |out: crate::incident::Output, rot: Option<&mut Rotator>| -> Result<()> {
         let mut events = out.events;
+        if let Some(r) = workloads.as_mut() {
+            for e in events.iter_mut() {
+                r.fill(e);
+            }
+        }
         if let Some(r) = rot {
             for e in events.iter_mut() {
                 syms.fill(e);
