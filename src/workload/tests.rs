@@ -227,8 +227,14 @@ fn netlink_lists_this_namespaces_addresses() {
         let here = crate::netns::current_inode().unwrap();
         let host = host_inode(Path::new("/")).unwrap();
         if here == host {
+            // other namespaces on a shared machine may hold the same address
+            // (a more specific owner wins then): the host's own is kind host
             let w = r.resolve(*own).unwrap();
-            assert_eq!((w.kind, w.netns), (WorkloadKind::Host, host));
+            if w.netns == host {
+                assert_eq!(w.kind, WorkloadKind::Host);
+            } else {
+                assert_ne!(w.kind, WorkloadKind::Host, "{w:?}");
+            }
         }
     }
 }
