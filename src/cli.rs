@@ -27,12 +27,15 @@ impl ValueEnum for Mode {
 
 impl ValueEnum for LabKind {
     fn value_variants<'a>() -> &'a [Self] {
-        &[LabKind::SnatRace, LabKind::InvalidRst]
+        &[LabKind::SnatRace, LabKind::InvalidRst, LabKind::UdpRace]
     }
     fn to_possible_value(&self) -> Option<PossibleValue> {
         let help = match self {
             LabKind::SnatRace => "SNAT port-allocation race ending in conntrack insert failures",
             LabKind::InvalidRst => "Out-of-window segments, INVALID verdicts and the node's RST",
+            LabKind::UdpRace => {
+                "UDP clashes at confirm: same-port datagrams lost, one socket's A/AAAA pair merged"
+            }
         };
         Some(PossibleValue::new(self.name()).help(help))
     }
@@ -243,12 +246,16 @@ pub struct LabArgs {
     /// Prefix for the namespaces the lab creates (must not exist yet).
     #[arg(long, default_value = "ctlab")]
     pub prefix: String,
-    /// Rounds of the realistic (MASQUERADE) snat-race phase (1-200).
+    /// Rounds of the realistic (MASQUERADE) snat-race phase, or of each
+    /// udp-race phase (1-200).
     #[arg(long, default_value_t = 10)]
     pub rounds: u32,
     /// Keep running the traffic in a loop until Ctrl-C (used by --lab demos).
     #[arg(long)]
     pub repeat: bool,
+    /// Run the lab over IPv6 (ULA addresses, ip6tables NAT rules).
+    #[arg(long)]
+    pub ipv6: bool,
 }
 
 const fn const_format_check_help() -> &'static str {

@@ -23,6 +23,7 @@ use ctrace::lab::invalid::{self, Config, Fate, Forged};
 use ctrace::lab::server::Server;
 use ctrace::lab::snat::{self, Variant};
 use ctrace::lab::topology::Topology;
+use ctrace::lab::udp;
 use ctrace::record::Recording;
 use serde_json::Value;
 
@@ -187,8 +188,13 @@ struct SnatRun {
 
 /// One run of a snat-race variant, recorded, with every agreement asserted.
 fn snat_run(tag: &str, v: Variant, rounds: u32) -> SnatRun {
-    let t = Topology::create(tag, snat::CLIENTS).unwrap();
-    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    snat_run_with(tag, v, rounds, false)
+}
+
+/// [`snat_run`] over IPv4 or IPv6; over IPv6 every insert failure must say so.
+fn snat_run_with(tag: &str, v: Variant, rounds: u32, ipv6: bool) -> SnatRun {
+    let t = Topology::create_with(tag, snat::CLIENTS, ipv6).unwrap();
+    let _srv = Server::start_at(&t.names.server, t.server_addr(), snat::server_ports()).unwrap();
     v.install(&t).unwrap();
     let mut ct = t.node_ctnetlink().unwrap();
     let (entries0, _) = ct.table_fill().unwrap();
@@ -235,6 +241,11 @@ fn snat_run(tag: &str, v: Variant, rounds: u32) -> SnatRun {
         for e in &inserted_failed {
             assert_eq!(e.port, Some(snat::SNAT_PORT), "insert_failed port: {e:?}");
         }
+    }
+    let family = if ipv6 { "ipv6" } else { "ipv4" };
+    for e in &inserted_failed {
+        let j = serde_json::to_value(e).unwrap();
+        assert_eq!(j["family"], family, "insert_failed family: {j}");
     }
     // nat_alloc: the stable hook sees every NATed, unconfirmed entry just
     // before confirm, i.e. every SYN that created an entry: the first SYN of
@@ -311,6 +322,124 @@ fn masquerade_race_events_equal_kernel_counters() {
     let _g = serial();
     // probabilistic: the failures may be 0, the agreement must be exact
     snat_run("lt-masq", Variant::Realistic, 8);
+}
+
+/// IPv6 single-port SNAT (ip6tables): one insert_failed event per kernel
+/// insert failure, each with `"family":"ipv6"`.
+#[test]
+fn snat_race_ipv6_events_equal_kernel_counters() {
+    require_host!();
+    let _g = serial();
+    let r = snat_run_with("lt-snat6", Variant::Deterministic, 1, true);
+    eprintln!(
+        "snat ipv6: insert_failed {}, nat_alloc {}",
+        r.insert_failed, r.nat_alloc
+    );
+}
+
+/// A udp-race lab, set up, with its server and a recorder on its node.
+struct UdpLab {
+    t: Topology,
+    _srv: udp::UdpServer,
+    ct: ctrace::ctstat::CtNetlink,
+}
+
+fn udp_lab(tag: &str) -> UdpLab {
+    let t = Topology::create(tag, udp::CLIENTS).unwrap();
+    udp::setup(&t).unwrap();
+    let srv = udp::UdpServer::start(&t.names.server, udp::server_addrs(&t)).unwrap();
+    let ct = t.node_ctnetlink().unwrap();
+    UdpLab { t, _srv: srv, ct }
+}
+
+/// udp-race, dropped: same-port datagrams from several pods through
+/// MASQUERADE. Each lost insert is one insert_failed event and one nf_drop,
+/// exactly the kernel's insert_failed and drop; each is a datagram that got
+/// no answer.
+#[test]
+fn udp_race_dropped_events_equal_kernel_counters() {
+    require_host!();
+    let _g = serial();
+    let tag = "lt-udpdrop";
+    let mut l = udp_lab(tag);
+    udp::prepare(&l.t, udp::PhaseKind::Dropped).unwrap();
+    let rec = Rec::start(&l.t.names.node, tag);
+    let before = l.ct.per_cpu().unwrap();
+    let (mut sent, mut answered) = (0, 0);
+    for r in 0..4 {
+        let x = udp::dropped_round(&l.t, r).unwrap();
+        sent += x.sent;
+        answered += x.answered;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let own = l.ct.per_cpu().unwrap().delta(&before).total();
+    let rec = rec.stop();
+    let k = kernel(&rec);
+    let node = l.t.node_inode;
+    let failed = count(&rec, Kind::InsertFailed, node);
+    let drops = count(&rec, Kind::NfDrop, node);
+    eprintln!(
+        "udp dropped: kernel insert_failed {} drop {} (own read {} / {}), events insert_failed {failed} nf_drop {drops}; datagrams sent {sent} answered {answered}",
+        k.insert_failed, k.drop, own.insert_failed, own.drop
+    );
+    assert!(
+        k.insert_failed > 0,
+        "the same-port race lost no datagram in {sent}"
+    );
+    assert_eq!(k.insert_failed, own.insert_failed);
+    assert_eq!(k.drop, own.drop);
+    assert_eq!(failed, k.insert_failed);
+    assert_eq!(drops, k.drop);
+    // different origins are never merged: every clash is a lost datagram
+    assert_eq!(k.clash_resolve, 0);
+    assert_eq!(sent - answered, k.drop, "unanswered datagrams vs drop");
+}
+
+/// udp-race, resolved: one socket's A/AAAA pair through a service DNAT. The
+/// kernel merges the clashes (clash_resolve > 0) and loses nothing. ctrace's
+/// reporting of resolved clashes is the engine's part; this prints what it
+/// will use: original tuples NATed twice in `nat_alloc`.
+#[test]
+fn udp_race_resolved_kernel_merges_and_loses_nothing() {
+    require_host!();
+    let _g = serial();
+    let tag = "lt-udpres";
+    let mut l = udp_lab(tag);
+    udp::prepare(&l.t, udp::PhaseKind::Resolved).unwrap();
+    let rec = Rec::start(&l.t.names.node, tag);
+    let before = l.ct.per_cpu().unwrap();
+    let (mut sent, mut answered) = (0, 0);
+    for r in 0..3 {
+        let x = udp::resolved_round(&l.t, r).unwrap();
+        sent += x.sent;
+        answered += x.answered;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let own = l.ct.per_cpu().unwrap().delta(&before).total();
+    let rec = rec.stop();
+    let k = kernel(&rec);
+    let node = l.t.node_inode;
+    let mut by_orig: std::collections::HashMap<_, u64> = Default::default();
+    for e in of_kind(&rec, Kind::NatAlloc, node) {
+        *by_orig.entry(e.orig).or_default() += 1;
+    }
+    let twice = by_orig.values().filter(|&&n| n >= 2).count();
+    let twice_events: u64 = by_orig.values().filter(|&&n| n >= 2).sum();
+    eprintln!(
+        "udp resolved: kernel clash_resolve {} (own read {}), insert_failed {}; nat_alloc {} events, original tuples NATed twice {twice} ({twice_events} events); datagrams sent {sent} answered {answered}",
+        k.clash_resolve,
+        own.clash_resolve,
+        k.insert_failed,
+        count(&rec, Kind::NatAlloc, node)
+    );
+    assert!(
+        own.clash_resolve > 0,
+        "no A/AAAA pair clashed in {sent} datagrams"
+    );
+    assert_eq!(k.clash_resolve, own.clash_resolve);
+    assert_eq!(own.insert_failed, 0);
+    assert_eq!(own.drop, 0);
+    assert_eq!(answered, sent, "a merged clash loses nothing");
 }
 
 /// Packets of a confirmed flow that a rule drops are `nf_drop`s, never insert
@@ -439,12 +568,24 @@ fn expected(c: Config, f: Forged) -> (u64, u64, Fate) {
 fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
     require_host!();
     let _g = serial();
-    let t = Topology::create("lt-inval", 1).unwrap();
-    let _srv = Server::start(&t.names.server, invalid::server_ports()).unwrap();
+    invalid_run("lt-inval", false);
+}
+
+/// The same over IPv6 (ip6tables SNAT, IPv6 forged segments and RSTs).
+#[test]
+fn invalid_rst_ipv6_events_equal_kernel_counters() {
+    require_host!();
+    let _g = serial();
+    invalid_run("lt-inval6", true);
+}
+
+fn invalid_run(tag: &str, ipv6: bool) {
+    let t = Topology::create_with(tag, 1, ipv6).unwrap();
+    let _srv = Server::start_at(&t.names.server, t.server_addr(), invalid::server_ports()).unwrap();
     Variant::Deterministic.install(&t).unwrap();
     let obs = invalid::Observers::start(&t).unwrap();
     let mut ct = t.node_ctnetlink().unwrap();
-    let rec = Rec::start(&t.names.node, "lt-inval");
+    let rec = Rec::start(&t.names.node, tag);
     let before = ct.per_cpu().unwrap();
     let rst0 = obs.rsts().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -464,7 +605,7 @@ fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
     let tcp_invalid = count(&rec, Kind::TcpInvalid, node);
     let host_rst = count(&rec, Kind::HostRst, node);
     eprintln!(
-        "kernel invalid {} (own read {}), events tcp_invalid {tcp_invalid}; node RSTs seen {rsts}, host_rst events {host_rst}",
+        "{tag}: kernel invalid {} (own read {}), events tcp_invalid {tcp_invalid}; node RSTs seen {rsts}, host_rst events {host_rst}",
         k.invalid, own.invalid
     );
     // every INVALID verdict, one event each
@@ -474,12 +615,14 @@ fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
     // every RST the node's own stack sent, one event each
     assert_eq!(host_rst, rsts);
     // each with the kernel code that sent it: no socket wanted the segment
+    let rcv = if ipv6 { "tcp_v6_rcv+" } else { "tcp_v4_rcv+" };
     for e in of_kind(&rec, Kind::HostRst, node) {
         let loc = e.location.as_deref().unwrap_or("none");
-        assert!(
-            loc.starts_with("tcp_v4_rcv+"),
-            "host_rst location {loc}: {e:?}"
-        );
+        assert!(loc.starts_with(rcv), "host_rst location {loc}: {e:?}");
+    }
+    let family = if ipv6 { "ipv6" } else { "ipv4" };
+    for e in of_kind(&rec, Kind::TcpInvalid, node) {
+        assert_eq!(serde_json::to_value(e).unwrap()["family"], family);
     }
     assert_eq!(rsts, cases.iter().map(|c| c.node_rst).sum::<u64>());
     // one fresh NATed connection per case, nothing else

@@ -12,6 +12,7 @@ pub fn run(a: &LabArgs) -> Result<i32> {
             prefix: a.prefix.clone(),
             rounds: a.rounds,
             repeat: a.repeat,
+            ipv6: a.ipv6,
         },
         &stop,
     )

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::sock::{self, Segment, Sniffer, ACK, PSH, RST};
-use super::topology::{client_ip, cmd_in, stopped, sysctl, Stop, Topology, SERVER_IP};
+use super::topology::{cmd_in, stopped, sysctl, Stop, Topology};
 use crate::ctstat::CtNetlink;
 
 /// Server ports of the cases: base + case number % count.
@@ -99,7 +99,7 @@ impl Config {
             Config::InputDrop => {
                 let mut a = vec!["-I"];
                 a.extend_from_slice(&Self::RULE);
-                cmd_in(&t.names.node, "iptables", &a)
+                cmd_in(&t.names.node, t.iptables(), &a)
             }
         }
     }
@@ -116,7 +116,7 @@ impl Config {
             Config::InputDrop => {
                 let mut a = vec!["-D"];
                 a.extend_from_slice(&Self::RULE);
-                cmd_in(&t.names.node, "iptables", &a)
+                cmd_in(&t.names.node, t.iptables(), &a)
             }
         }
     }
@@ -154,7 +154,7 @@ pub struct Case {
 /// Sequence state of one connection, per server port, as the server sees it.
 #[derive(Clone, Copy, Debug, Default)]
 struct ConnSeq {
-    peer: Option<SocketAddrV4>,
+    peer: Option<SocketAddr>,
     srv_next: u32,
     cli_next: u32,
     srv_bytes: u64,
@@ -167,6 +167,7 @@ struct ConnSeq {
 /// when the packets passed, so a count read after a case is complete — no
 /// sniffer thread that might lag behind.
 pub struct Observers {
+    server_ip: IpAddr,
     server: Sniffer,
     node: Sniffer,
     state: Mutex<ObsState>,
@@ -187,6 +188,7 @@ impl Observers {
             Sniffer::open().context("opening an AF_PACKET socket in the node netns")
         })?;
         Ok(Observers {
+            server_ip: t.server_addr(),
             server,
             node,
             state: Mutex::default(),
@@ -200,9 +202,9 @@ impl Observers {
             .lock()
             .map_err(|_| anyhow::anyhow!("lab observer state poisoned"))?;
         while let Some(s) = self.server.try_next()? {
-            let (port, from_server) = if *s.src.ip() == SERVER_IP {
+            let (port, from_server) = if s.src.ip() == self.server_ip {
                 (s.src.port(), true)
-            } else if *s.dst.ip() == SERVER_IP {
+            } else if s.dst.ip() == self.server_ip {
                 (s.dst.port(), false)
             } else {
                 continue;
@@ -244,12 +246,11 @@ impl Observers {
 const PING: &[u8] = &[b'x'; 100];
 
 fn open_conn(t: &Topology, port: u16) -> Result<TcpStream> {
+    let local = SocketAddr::new(t.client_addr(0), 0);
+    let dst = SocketAddr::new(t.server_addr(), port);
     crate::netns::run_in(&t.names.pods, move || {
-        let local = SocketAddrV4::new(client_ip(0), 0);
-        let mut s =
-            sock::connect_from(local, SocketAddrV4::new(SERVER_IP, port)).with_context(|| {
-                format!("client: connecting to {SERVER_IP}:{port} through the node")
-            })?;
+        let mut s = sock::connect_from(local, dst)
+            .with_context(|| format!("client: connecting to {dst} through the node"))?;
         sock::set_timeouts(&s, Duration::from_secs(2))?;
         s.write_all(PING)?;
         let mut b = [0u8; 100];
@@ -324,7 +325,7 @@ pub fn run_case(
         Forged::AckOver => (c.srv_next, c.cli_next.wrapping_add(FAR), ACK, Vec::new()),
     };
     let seg = Segment {
-        src: SocketAddrV4::new(SERVER_IP, port),
+        src: SocketAddr::new(t.server_addr(), port),
         dst: peer,
         seq,
         ack,

@@ -12,6 +12,7 @@ pub mod server;
 pub mod snat;
 pub mod sock;
 pub mod topology;
+pub mod udp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,9 @@ pub enum LabKind {
     SnatRace,
     /// Out-of-window segments, INVALID verdicts and the node's RST.
     InvalidRst,
+    /// UDP clashes at confirm: same source port from several pods (dropped)
+    /// and one socket's A/AAAA pair through a service DNAT (resolved).
+    UdpRace,
 }
 
 impl LabKind {
@@ -35,6 +39,7 @@ impl LabKind {
         match self {
             LabKind::SnatRace => "snat-race",
             LabKind::InvalidRst => "invalid-rst",
+            LabKind::UdpRace => "udp-race",
         }
     }
 }
@@ -49,6 +54,8 @@ pub struct LabArgs {
     pub rounds: u32,
     /// Keep running the traffic in a loop until stopped.
     pub repeat: bool,
+    /// Run the traffic over IPv6 (ULA addresses, ip6tables rules).
+    pub ipv6: bool,
 }
 use topology::{stopped, Stop, Topology};
 
@@ -61,6 +68,9 @@ pub fn run(a: &LabArgs, stop: &Stop) -> Result<i32> {
         anyhow::bail!("--rounds must be between 1 and {MAX_ROUNDS}");
     }
     if a.repeat {
+        if a.ipv6 {
+            anyhow::bail!("--repeat runs the IPv4 demo only: drop --ipv6");
+        }
         let mut bg = Background::start_paused(a.kind, &a.prefix)?;
         bg.resume();
         eprintln!(
@@ -79,6 +89,15 @@ pub fn run(a: &LabArgs, stop: &Stop) -> Result<i32> {
     match a.kind {
         LabKind::SnatRace => run_snat(a, stop),
         LabKind::InvalidRst => run_invalid(a, stop),
+        LabKind::UdpRace => run_udp(a, stop),
+    }
+}
+
+fn family(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "ipv6"
+    } else {
+        "ipv4"
     }
 }
 
@@ -92,16 +111,17 @@ fn kernel_json(k: &crate::ctstat::CpuStats) -> serde_json::Value {
 }
 
 fn run_snat(a: &LabArgs, stop: &Stop) -> Result<i32> {
-    let t = Topology::create(&a.prefix, snat::CLIENTS)?;
-    let _srv = server::Server::start(&t.names.server, snat::server_ports())?;
+    let t = Topology::create_with(&a.prefix, snat::CLIENTS, a.ipv6)?;
+    let _srv = server::Server::start_at(&t.names.server, t.server_addr(), snat::server_ports())?;
     let mut ct = t.node_ctnetlink()?;
     if !a.json {
         println!(
-            "lab: {} → {} (SNAT) → {}; {} clients",
+            "lab: {} → {} (SNAT) → {}; {} clients, {}",
             t.names.pods,
             t.names.node,
             t.names.server,
-            snat::CLIENTS
+            snat::CLIENTS,
+            family(a.ipv6)
         );
     }
     let det = snat::run_phase(&t, &mut ct, snat::Variant::Deterministic, 1, 0, stop)?;
@@ -130,6 +150,7 @@ fn run_snat(a: &LabArgs, stop: &Stop) -> Result<i32> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "lab": "snat-race",
+                "family": family(a.ipv6),
                 "kernel": crate::sys::kernel_release(),
                 "node_netns": t.names.node,
                 "phases": phases,
@@ -143,8 +164,8 @@ fn run_snat(a: &LabArgs, stop: &Stop) -> Result<i32> {
 }
 
 fn run_invalid(a: &LabArgs, stop: &Stop) -> Result<i32> {
-    let t = Topology::create(&a.prefix, 1)?;
-    let _srv = server::Server::start(&t.names.server, invalid::server_ports())?;
+    let t = Topology::create_with(&a.prefix, 1, a.ipv6)?;
+    let _srv = server::Server::start_at(&t.names.server, t.server_addr(), invalid::server_ports())?;
     snat::Variant::Deterministic.install(&t)?;
     let obs = invalid::Observers::start(&t)?;
     let mut ct = t.node_ctnetlink()?;
@@ -155,6 +176,7 @@ fn run_invalid(a: &LabArgs, stop: &Stop) -> Result<i32> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "lab": "invalid-rst",
+                "family": family(a.ipv6),
                 "kernel": crate::sys::kernel_release(),
                 "node_netns": t.names.node,
                 "cases": cases,
@@ -163,11 +185,53 @@ fn run_invalid(a: &LabArgs, stop: &Stop) -> Result<i32> {
         );
     } else {
         println!(
-            "lab: {} → {} (SNAT) → {}; one forged segment per fresh connection, from the server",
-            t.names.pods, t.names.node, t.names.server
+            "lab: {} → {} (SNAT) → {}; one forged segment per fresh connection, from the server, {}",
+            t.names.pods,
+            t.names.node,
+            t.names.server,
+            family(a.ipv6)
         );
         invalid::print(&cases);
         println!("verdict: {verdict}");
+    }
+    Ok(crate::exit::OK)
+}
+
+fn run_udp(a: &LabArgs, stop: &Stop) -> Result<i32> {
+    let t = Topology::create_with(&a.prefix, udp::CLIENTS, a.ipv6)?;
+    udp::setup(&t)?;
+    let _srv = udp::UdpServer::start(&t.names.server, udp::server_addrs(&t))?;
+    let mut ct = t.node_ctnetlink()?;
+    if !a.json {
+        println!(
+            "lab: {} → {} (MASQUERADE; service DNAT {} → 2 backends) → {}; {} clients, {}",
+            t.names.pods,
+            t.names.node,
+            t.service_addr(),
+            t.names.server,
+            udp::CLIENTS,
+            family(a.ipv6)
+        );
+    }
+    let dropped = udp::run_phase(&t, &mut ct, udp::PhaseKind::Dropped, a.rounds, 0, stop)?;
+    if !a.json {
+        dropped.print();
+    }
+    let resolved = udp::run_phase(&t, &mut ct, udp::PhaseKind::Resolved, a.rounds, 0, stop)?;
+    if !a.json {
+        resolved.print();
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "lab": "udp-race",
+                "family": family(a.ipv6),
+                "kernel": crate::sys::kernel_release(),
+                "node_netns": t.names.node,
+                "phases": [dropped, resolved],
+            }))?
+        );
     }
     Ok(crate::exit::OK)
 }
@@ -196,16 +260,32 @@ impl Background {
         let clients = match kind {
             LabKind::SnatRace => snat::CLIENTS,
             LabKind::InvalidRst => 1,
+            LabKind::UdpRace => udp::CLIENTS,
         };
         let topo = Arc::new(Topology::create(prefix, clients)?);
         let stop: Stop = Arc::new(AtomicBool::new(false));
         let go: Stop = Arc::new(AtomicBool::new(false));
-        let ports = match kind {
-            LabKind::SnatRace => snat::server_ports(),
-            LabKind::InvalidRst => invalid::server_ports(),
+        // the servers live as long as the traffic thread
+        let srv: Box<dyn Send> = match kind {
+            LabKind::SnatRace => Box::new(server::Server::start(
+                &topo.names.server,
+                snat::server_ports(),
+            )?),
+            LabKind::InvalidRst => Box::new(server::Server::start(
+                &topo.names.server,
+                invalid::server_ports(),
+            )?),
+            LabKind::UdpRace => {
+                udp::setup(&topo)?;
+                Box::new(udp::UdpServer::start(
+                    &topo.names.server,
+                    udp::server_addrs(&topo),
+                )?)
+            }
         };
-        let srv = server::Server::start(&topo.names.server, ports)?;
-        snat::Variant::Deterministic.install(&topo)?;
+        if kind != LabKind::UdpRace {
+            snat::Variant::Deterministic.install(&topo)?;
+        }
         let (t2, s2, g2) = (topo.clone(), stop.clone(), go.clone());
         let thread = std::thread::spawn(move || {
             let _srv = srv;
@@ -308,7 +388,7 @@ fn background_loop(kind: LabKind, t: &Topology, stop: &Stop) -> Result<()> {
     let mut ct = t.node_ctnetlink()?;
     let obs = match kind {
         LabKind::InvalidRst => Some(invalid::Observers::start(t)?),
-        LabKind::SnatRace => None,
+        LabKind::SnatRace | LabKind::UdpRace => None,
     };
     let mut i = 0u32;
     while !stopped(stop) && i < Background::MAX_ITERATIONS && t0.elapsed() < Background::MAX_TIME {
@@ -321,6 +401,17 @@ fn background_loop(kind: LabKind, t: &Topology, stop: &Stop) -> Result<()> {
                 invalid::run_case(t, o, &mut ct, invalid::Config::Default, f, i)?;
             }
             (LabKind::InvalidRst, None) => anyhow::bail!("no packet observers"),
+            // one round of each phase: same-port datagrams lost, then the
+            // A/AAAA pairs merged
+            (LabKind::UdpRace, _) => {
+                udp::prepare(t, udp::PhaseKind::Dropped)?;
+                udp::dropped_round(t, i)?;
+                if stopped(stop) {
+                    break;
+                }
+                udp::prepare(t, udp::PhaseKind::Resolved)?;
+                udp::resolved_round(t, i)?;
+            }
         }
         i += 1;
         // pause, staying responsive to stop

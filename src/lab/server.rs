@@ -2,7 +2,7 @@
 //! netns, stopped by a flag (every wait in it is bounded).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,15 +21,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Listens on every port in `ports` in the netns `ns`; returns once listening.
+    /// Listens on every port in `ports` of the IPv4 server address in the
+    /// netns `ns`; returns once listening.
     pub fn start(ns: &str, ports: Vec<u16>) -> Result<Server> {
+        Self::start_at(ns, SERVER_IP.into(), ports)
+    }
+
+    /// [`Server::start`] on the given address (the IPv6 one for an IPv6 lab).
+    pub fn start_at(ns: &str, ip: IpAddr, ports: Vec<u16>) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
         let s2 = stop.clone();
         let thread = spawn_in(ns, move || {
             let mut ls = Vec::new();
             for p in &ports {
-                match TcpListener::bind(SocketAddrV4::new(SERVER_IP, *p)) {
+                match TcpListener::bind(SocketAddr::new(ip, *p)) {
                     Ok(l) => {
                         l.set_nonblocking(true)?;
                         ls.push(l);

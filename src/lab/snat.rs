@@ -10,7 +10,7 @@
 //! CPUs).
 
 use std::io::{Read, Write};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::sock;
-use super::topology::{client_ip, stopped, Stop, Topology, NODE_OUT_IP, SERVER_IP};
+use super::topology::{stopped, Stop, Topology, NODE_OUT_IP, NODE_OUT_IP6};
 use crate::ctstat::CpuStats;
 
 /// The one translated port of the deterministic variant.
@@ -41,21 +41,31 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// The IPv4 rule's target.
     pub fn rule(self) -> Vec<String> {
+        self.rule_for(false)
+    }
+
+    /// The rule's target for IPv4 (iptables) or IPv6 (ip6tables).
+    pub fn rule_for(self, ipv6: bool) -> Vec<String> {
         match self {
             Variant::Deterministic => vec![
                 "-j".into(),
                 "SNAT".into(),
                 "--to-source".into(),
-                format!("{NODE_OUT_IP}:{SNAT_PORT}"),
+                if ipv6 {
+                    format!("[{NODE_OUT_IP6}]:{SNAT_PORT}")
+                } else {
+                    format!("{NODE_OUT_IP}:{SNAT_PORT}")
+                },
             ],
             Variant::Realistic => vec!["-j".into(), "MASQUERADE".into()],
         }
     }
 
-    /// Installs this variant's rule in the node.
+    /// Installs this variant's rule in the node (ip6tables for an IPv6 lab).
     pub fn install(self, t: &Topology) -> Result<()> {
-        let r = self.rule();
+        let r = self.rule_for(t.ipv6);
         let r: Vec<&str> = r.iter().map(String::as_str).collect();
         t.set_nat_rule(&r)
     }
@@ -105,16 +115,16 @@ impl Round {
 /// them (FIN). Bounded: a connect gives up after ~3 s (tcp_syn_retries=1).
 pub fn run_round(t: &Topology, v: Variant, round: u32) -> Result<Round> {
     let server_port = SERVER_PORT_BASE + (round % SERVER_PORTS as u32) as u16;
-    let dst = SocketAddrV4::new(SERVER_IP, server_port);
+    let dst = SocketAddr::new(t.server_addr(), server_port);
     let n = t.clients.min(CLIENTS);
     let start = Arc::new(Barrier::new(n));
     let done = Arc::new(Barrier::new(n));
     let mut hs = Vec::new();
     for i in 0..n {
         let local = match v {
-            Variant::Deterministic => SocketAddrV4::new(client_ip(i), 0),
+            Variant::Deterministic => SocketAddr::new(t.client_addr(i), 0),
             Variant::Realistic => {
-                SocketAddrV4::new(client_ip(i), CLIENT_PORT_BASE + (round % 20000) as u16)
+                SocketAddr::new(t.client_addr(i), CLIENT_PORT_BASE + (round % 20000) as u16)
             }
         };
         let (ns, start, done) = (t.names.pods.clone(), start.clone(), done.clone());
@@ -209,7 +219,11 @@ pub fn run_phase(
     }
     Ok(Phase {
         variant: v,
-        rule: format!("-t nat -A POSTROUTING -o up0 -p tcp {}", v.rule().join(" ")),
+        rule: format!(
+            "{} -t nat -A POSTROUTING -o up0 -p tcp {}",
+            t.iptables(),
+            v.rule_for(t.ipv6).join(" ")
+        ),
         rounds: rs,
         kernel: after.delta(&before).total(),
         connects,
@@ -296,5 +310,9 @@ mod tests {
             "-j SNAT --to-source 192.0.2.1:40000"
         );
         assert_eq!(Variant::Realistic.rule().join(" "), "-j MASQUERADE");
+        assert_eq!(
+            Variant::Deterministic.rule_for(true).join(" "),
+            "-j SNAT --to-source [fd77:0:0:2::1]:40000"
+        );
     }
 }

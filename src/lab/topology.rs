@@ -2,8 +2,14 @@
 //! three network namespaces joined by veth pairs. Everything (links,
 //! addresses, rules, sysctls) lives inside those namespaces; the host's own
 //! configuration is never touched. Dropping a [`Topology`] deletes them all.
+//!
+//! With `ipv6` the same topology also carries IPv6 (ULA fd77::/48: pods
+//! fd77:0:0:1::/64, outside fd77:0:0:2::/64, with the same host numbers as
+//! IPv4), forwarding on in the node, DAD off (`accept_dad=0` and `nodad`, so
+//! addresses are usable at once) and router solicitations off; the labs then
+//! send their traffic over IPv6 and the NAT rules go to ip6tables.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -26,6 +32,22 @@ pub const MAX_CLIENTS: usize = 32;
 
 pub fn client_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 11 + i as u8)
+}
+
+/// A second address of the server netns (a second backend behind a DNAT).
+pub const SERVER_IP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+/// A service address (ClusterIP-like) that the node DNATs; nothing owns it.
+pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// The IPv6 twins (ULA): pods side fd77:0:0:1::/64, outside fd77:0:0:2::/64.
+pub const NODE_POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 1, 0, 0, 0, 1);
+pub const NODE_OUT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 2, 0, 0, 0, 1);
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 2, 0, 0, 0, 2);
+pub const SERVER_IP6_2: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 2, 0, 0, 0, 3);
+pub const SERVICE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0x96, 0, 0, 0, 0x10);
+
+pub fn client_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd77, 0, 0, 1, 0, 0, 0, 0x11 + i as u16)
 }
 
 /// Names of the three namespaces.
@@ -67,6 +89,8 @@ pub struct Topology {
     /// The node netns's inode (what events carry in `netns`).
     pub node_inode: u32,
     pub clients: usize,
+    /// The labs' traffic and NAT rules use IPv6 (the IPv4 addresses stay).
+    pub ipv6: bool,
     created: Vec<String>,
 }
 
@@ -129,8 +153,14 @@ pub fn join<T>(h: JoinHandle<Result<T>>) -> Result<T> {
 
 impl Topology {
     /// Builds pods → node → server with `clients` client addresses in the
-    /// pods netns. Refuses to run if any of the names exists already.
+    /// pods netns (IPv4). Refuses to run if any of the names exists already.
     pub fn create(prefix: &str, clients: usize) -> Result<Topology> {
+        Self::create_with(prefix, clients, false)
+    }
+
+    /// [`Topology::create`], with IPv6 addresses, routes and forwarding too
+    /// when `ipv6`.
+    pub fn create_with(prefix: &str, clients: usize, ipv6: bool) -> Result<Topology> {
         if clients == 0 || clients > MAX_CLIENTS {
             bail!("the lab supports 1 to {MAX_CLIENTS} clients");
         }
@@ -150,6 +180,7 @@ impl Topology {
             names: names.clone(),
             node_inode: 0,
             clients,
+            ipv6,
             created: Vec::new(),
         };
         // From here on, an error drops `t`, which deletes what was created.
@@ -165,12 +196,28 @@ impl Topology {
     fn configure(&self) -> Result<()> {
         let Names { pods, node, server } = &self.names;
         for n in self.names.all() {
-            // no IPv6 chatter (router solicitations, DAD) in the lab
-            for k in [
-                "net.ipv6.conf.all.disable_ipv6",
-                "net.ipv6.conf.default.disable_ipv6",
-            ] {
-                let _ = sysctl(n, k, "1");
+            if self.ipv6 {
+                // IPv6 without DAD delays (addresses usable at once) and
+                // without router solicitations; set on `default` before the
+                // veths exist, so that they inherit it
+                for (k, v) in [
+                    ("net.ipv6.conf.all.disable_ipv6", "0"),
+                    ("net.ipv6.conf.default.disable_ipv6", "0"),
+                    ("net.ipv6.conf.all.accept_dad", "0"),
+                    ("net.ipv6.conf.default.accept_dad", "0"),
+                    ("net.ipv6.conf.all.router_solicitations", "0"),
+                    ("net.ipv6.conf.default.router_solicitations", "0"),
+                ] {
+                    sysctl(n, k, v)?;
+                }
+            } else {
+                // no IPv6 chatter (router solicitations, DAD) in the lab
+                for k in [
+                    "net.ipv6.conf.all.disable_ipv6",
+                    "net.ipv6.conf.default.disable_ipv6",
+                ] {
+                    let _ = sysctl(n, k, "1");
+                }
             }
             cmd("ip", &["-n", n, "link", "set", "lo", "up"])?;
         }
@@ -235,15 +282,38 @@ impl Topology {
         let gw = NODE_POD_IP.to_string();
         cmd("ip", &["-n", pods, "route", "add", "default", "via", &gw])?;
         sysctl(node, "net.ipv4.ip_forward", "1")?;
+        if self.ipv6 {
+            let mut addrs = vec![
+                (node.as_str(), NODE_POD_IF, format!("{NODE_POD_IP6}/64")),
+                (node.as_str(), NODE_OUT_IF, format!("{NODE_OUT_IP6}/64")),
+                (server.as_str(), "eth0", format!("{SERVER_IP6}/64")),
+            ];
+            for i in 0..self.clients {
+                addrs.push((pods.as_str(), "eth0", format!("{}/64", client_ip6(i))));
+            }
+            for (n, dev, a) in &addrs {
+                cmd(
+                    "ip",
+                    &["-n", n, "-6", "addr", "add", a, "dev", dev, "nodad"],
+                )?;
+            }
+            let gw6 = NODE_POD_IP6.to_string();
+            cmd(
+                "ip",
+                &["-n", pods, "-6", "route", "add", "default", "via", &gw6],
+            )?;
+            sysctl(node, "net.ipv6.conf.all.forwarding", "1")?;
+        }
         // Losers of the race give up after one retransmit (~3 s), not ~127 s.
         sysctl(pods, "net.ipv4.tcp_syn_retries", "1")?;
         Ok(())
     }
 
-    /// Replaces the node's NAT rule (POSTROUTING towards the server).
+    /// Replaces the node's NAT rule (POSTROUTING towards the server), in
+    /// iptables or, for an IPv6 topology, ip6tables.
     pub fn set_nat_rule(&self, target: &[&str]) -> Result<()> {
         let node = &self.names.node;
-        cmd_in(node, "iptables", &["-t", "nat", "-F", "POSTROUTING"])?;
+        cmd_in(node, self.iptables(), &["-t", "nat", "-F", "POSTROUTING"])?;
         let mut a = vec![
             "-t",
             "nat",
@@ -255,7 +325,115 @@ impl Topology {
             "tcp",
         ];
         a.extend_from_slice(target);
-        cmd_in(node, "iptables", &a)
+        cmd_in(node, self.iptables(), &a)
+    }
+
+    /// `iptables` or `ip6tables`, by the topology's family.
+    pub fn iptables(&self) -> &'static str {
+        if self.ipv6 {
+            "ip6tables"
+        } else {
+            "iptables"
+        }
+    }
+
+    /// Client i's address in the lab's family.
+    pub fn client_addr(&self, i: usize) -> IpAddr {
+        if self.ipv6 {
+            client_ip6(i).into()
+        } else {
+            client_ip(i).into()
+        }
+    }
+
+    /// The server's address in the lab's family.
+    pub fn server_addr(&self) -> IpAddr {
+        if self.ipv6 {
+            SERVER_IP6.into()
+        } else {
+            SERVER_IP.into()
+        }
+    }
+
+    /// The server netns's second address (the second DNAT backend); it
+    /// exists once [`Topology::add_second_backend`] ran.
+    pub fn server_addr2(&self) -> IpAddr {
+        if self.ipv6 {
+            SERVER_IP6_2.into()
+        } else {
+            SERVER_IP2.into()
+        }
+    }
+
+    /// The node's address towards the server (what SNAT translates to).
+    pub fn node_out_addr(&self) -> IpAddr {
+        if self.ipv6 {
+            NODE_OUT_IP6.into()
+        } else {
+            NODE_OUT_IP.into()
+        }
+    }
+
+    /// The service address the node DNATs.
+    pub fn service_addr(&self) -> IpAddr {
+        if self.ipv6 {
+            SERVICE_IP6.into()
+        } else {
+            SERVICE_IP.into()
+        }
+    }
+
+    /// For DNAT labs: a second server address and the server's route back to
+    /// the pods through the node (SNAT labs need none: the server answers the
+    /// node's own address).
+    pub fn add_second_backend(&self) -> Result<()> {
+        let (srv, pods, gw, plen) = if self.ipv6 {
+            (
+                self.names.server.as_str(),
+                "fd77:0:0:1::/64",
+                NODE_OUT_IP6.to_string(),
+                64,
+            )
+        } else {
+            (
+                self.names.server.as_str(),
+                "10.77.0.0/24",
+                NODE_OUT_IP.to_string(),
+                24,
+            )
+        };
+        let fam = if self.ipv6 { "-6" } else { "-4" };
+        let a = format!("{}/{plen}", self.server_addr2());
+        let mut args = vec!["-n", srv, fam, "addr", "add", &a, "dev", "eth0"];
+        if self.ipv6 {
+            args.push("nodad");
+        }
+        cmd("ip", &args)?;
+        cmd("ip", &["-n", srv, fam, "route", "add", pods, "via", &gw])
+    }
+
+    /// With `on`, turns on GRO and threaded NAPI on the node's pod-facing
+    /// veth, so that datagrams sent at the same moment reach the node in one
+    /// receive batch (see `udp.rs` for what this does to conntrack and what
+    /// it measured); without, turns GRO off (no NAPI: each packet is
+    /// processed in its sender's softirq, on the sender's CPU).
+    pub fn batch_pod_receive(&self, on: bool) -> Result<()> {
+        let dev = NODE_POD_IF;
+        crate::netns::run_in(&self.names.node, move || {
+            super::sock::set_gro(dev, on)
+                .with_context(|| format!("setting GRO {on} on {dev} (SIOCETHTOOL)"))
+        })?;
+        if !on {
+            return Ok(());
+        }
+        // sysfs shows the netns it was mounted in: `ip netns exec` mounts the
+        // node's own
+        cmd_in(
+            &self.names.node,
+            "sh",
+            &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
+        )
+        .with_context(|| format!("turning threaded NAPI on for {dev}"))
     }
 
     /// A ctnetlink socket bound to the node's netns.
