@@ -123,7 +123,12 @@ impl Rec {
     }
 
     /// SIGTERM, wait, read the recording.
-    fn stop(mut self) -> Recording {
+    fn stop(self) -> Recording {
+        self.stop_all().0
+    }
+
+    /// The same, with the recording's incident lines.
+    fn stop_all(mut self) -> (Recording, Vec<Value>) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let t0 = Instant::now();
@@ -139,8 +144,9 @@ impl Rec {
         };
         assert!(st.success(), "ctrace record exited with {st}");
         let rec = ctrace::record::read(&self.file).unwrap();
+        let incidents = incident_lines(&self.file);
         std::fs::remove_dir_all(&self.dir).ok();
-        rec
+        (rec, incidents)
     }
 }
 
@@ -152,6 +158,24 @@ impl Drop for Rec {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The `{"type":"incident"}` lines of a recording.
+fn incident_lines(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""type":"incident""#))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Incidents of a kind and outcome.
+fn incidents_of(inc: &[Value], kind: &str, outcome: &str) -> Vec<Value> {
+    inc.iter()
+        .filter(|i| i["kind"] == kind && i["outcome"] == outcome)
+        .cloned()
+        .collect()
 }
 
 fn count(rec: &Recording, kind: Kind, netns: u32) -> u64 {
@@ -207,7 +231,8 @@ fn snat_run_with(tag: &str, v: Variant, rounds: u32, ipv6: bool) -> SnatRun {
     }
     let after = ct.per_cpu().unwrap();
     let (entries, _) = ct.table_fill().unwrap();
-    let rec = rec.stop();
+    let table = conntrack_table(&t.names.node);
+    let (rec, inc) = rec.stop_all();
     let own: CpuStats = after.delta(&before).total();
     let k = kernel(&rec);
     let node = t.node_inode;
@@ -266,10 +291,66 @@ fn snat_run_with(tag: &str, v: Variant, rounds: u32, ipv6: bool) -> SnatRun {
         k.insert_failed - failed,
         "syn_retrans in the pods netns"
     );
+    // the winner each loser names is the connection that holds its reply
+    // tuple in the table (conntrack -L, right after the rounds), exactly
+    let mut named = 0;
+    for e in &inserted_failed {
+        let w = e
+            .winner
+            .known()
+            .unwrap_or_else(|| panic!("no winner named: {e:?} ({:?})", e.winner_unknown));
+        let holder = table
+            .get(&e.reply.unwrap())
+            .unwrap_or_else(|| panic!("no entry holds {:?} in the table: {e:?}", e.reply));
+        assert_eq!(&w.orig, holder, "winner of {e:?}");
+        named += 1;
+    }
+    // every failure is in exactly one snat_race incident
+    let in_incidents: u64 = inc
+        .iter()
+        .filter(|i| i["kind"] == "snat_race")
+        .map(|i| i["events"]["insert_failed"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "{tag}: winners named {named} (each = the table's holder), snat_race incidents {}, their insert_failed {in_incidents}",
+        inc.iter().filter(|i| i["kind"] == "snat_race").count()
+    );
+    assert_eq!(in_incidents, k.insert_failed);
     SnatRun {
         insert_failed: k.insert_failed,
         nat_alloc,
     }
+}
+
+/// The node's conntrack table (`conntrack -L`): reply tuple -> original tuple.
+fn conntrack_table(
+    node: &str,
+) -> std::collections::HashMap<ctrace::event::Tuple, ctrace::event::Tuple> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", node, "conntrack", "-L"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("conntrack -L");
+    let mut m = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let kv = |key: &str| -> Vec<&str> {
+            line.split_whitespace()
+                .filter_map(|w| w.strip_prefix(key))
+                .collect()
+        };
+        let (src, dst, sport, dport) = (kv("src="), kv("dst="), kv("sport="), kv("dport="));
+        if src.len() < 2 || dst.len() < 2 || sport.len() < 2 || dport.len() < 2 {
+            continue;
+        }
+        let t = |i: usize| ctrace::event::Tuple {
+            src: src[i].parse().unwrap(),
+            sport: sport[i].parse().unwrap(),
+            dst: dst[i].parse().unwrap(),
+            dport: dport[i].parse().unwrap(),
+        };
+        m.insert(t(1), t(0));
+    }
+    m
 }
 
 /// `--symptoms-here`: the pods' SYN retransmits (their own netns) are not
@@ -373,11 +454,27 @@ fn udp_race_dropped_events_equal_kernel_counters() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let own = l.ct.per_cpu().unwrap().delta(&before).total();
-    let rec = rec.stop();
+    let (rec, inc) = rec.stop_all();
     let k = kernel(&rec);
     let node = l.t.node_inode;
     let failed = count(&rec, Kind::InsertFailed, node);
     let drops = count(&rec, Kind::NfDrop, node);
+    // one incident per lost datagram, each with its drop
+    let lost = incidents_of(&inc, "snat_race", "lost");
+    eprintln!(
+        "udp dropped: incidents lost {} (of {} incidents)",
+        lost.len(),
+        inc.len()
+    );
+    assert_eq!(
+        lost.len() as u64,
+        k.insert_failed,
+        "lost incidents vs insert_failed"
+    );
+    assert!(
+        lost.iter().all(|i| i["events"]["nf_drop"] == 1),
+        "each lost datagram's drop"
+    );
     eprintln!(
         "udp dropped: kernel insert_failed {} drop {} (own read {} / {}), events insert_failed {failed} nf_drop {drops}; datagrams sent {sent} answered {answered}",
         k.insert_failed, k.drop, own.insert_failed, own.drop
@@ -416,9 +513,33 @@ fn udp_race_resolved_kernel_merges_and_loses_nothing() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let own = l.ct.per_cpu().unwrap().delta(&before).total();
-    let rec = rec.stop();
+    let (rec, inc) = rec.stop_all();
     let k = kernel(&rec);
     let node = l.t.node_inode;
+    // stable mode has no hook on the clash: the correlation names it from the
+    // two allocations of one tuple, one event and one merged incident each
+    let merged = incidents_of(&inc, "udp_clash", "merged");
+    let clash_events = count(&rec, Kind::ClashResolved, node);
+    eprintln!(
+        "udp resolved: clash_resolved events {clash_events}, merged incidents {}",
+        merged.len()
+    );
+    assert_eq!(
+        clash_events, k.clash_resolve,
+        "clash_resolved events vs kernel"
+    );
+    assert_eq!(
+        merged.len() as u64,
+        k.clash_resolve,
+        "merged incidents vs kernel"
+    );
+    for i in &merged {
+        // both translations named
+        assert!(
+            i["winner"]["reply"].is_object() && i["translated"].is_object(),
+            "{i}"
+        );
+    }
     let mut by_orig: std::collections::HashMap<_, u64> = Default::default();
     for e in of_kind(&rec, Kind::NatAlloc, node) {
         *by_orig.entry(e.orig).or_default() += 1;
@@ -592,7 +713,7 @@ fn invalid_run(tag: &str, ipv6: bool) {
     let cases = invalid::run_all(&t, &obs, &mut ct, &stop).unwrap();
     let after = ct.per_cpu().unwrap();
     let rsts = obs.rsts().unwrap() - rst0;
-    let rec = rec.stop();
+    let (rec, inc) = rec.stop_all();
     let own = after.delta(&before).total();
     let k = kernel(&rec);
     let node = t.node_inode;
@@ -624,6 +745,29 @@ fn invalid_run(tag: &str, ipv6: bool) {
     for e in of_kind(&rec, Kind::TcpInvalid, node) {
         assert_eq!(serde_json::to_value(e).unwrap()["family"], family);
     }
+    // one invalid_reset incident per forged segment the kernel marked
+    // INVALID (an IGNORED one makes none), each with the node's RST when it sent one
+    let resets: Vec<&Value> = inc
+        .iter()
+        .filter(|i| i["kind"] == "invalid_reset")
+        .collect();
+    let marked = cases.iter().filter(|c| c.invalid > 0).count();
+    let with_rst = cases
+        .iter()
+        .filter(|c| c.invalid > 0 && c.node_rst > 0)
+        .count();
+    eprintln!(
+        "invalid_reset incidents {} (forged segments marked INVALID {marked}, answered by the node's RST {with_rst})",
+        resets.len()
+    );
+    assert_eq!(resets.len(), marked, "{resets:#?}");
+    assert_eq!(
+        resets
+            .iter()
+            .filter(|i| i["outcome"] == "reset" && i["events"]["host_rst"].as_u64() >= Some(1))
+            .count(),
+        with_rst
+    );
     assert_eq!(rsts, cases.iter().map(|c| c.node_rst).sum::<u64>());
     // one fresh NATed connection per case, nothing else
     assert_eq!(count(&rec, Kind::NatAlloc, node), cases.len() as u64);
@@ -1010,4 +1154,57 @@ fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
     let sent = ctrace::lab::topology::join(flood).unwrap();
     eprintln!("crowded: the flood sent {sent} datagrams");
     assert!(sent > 0);
+}
+
+/// Single-port SNAT, K clients holding their connections: exactly K-1
+/// snat_race incidents, each `failed` (the one port stays taken), each naming
+/// the one client that connected as its winner and its pod's namespace as its
+/// workload; their insert_failed events sum to the kernel's delta.
+#[test]
+fn single_port_losers_are_k_minus_1_failed_incidents_naming_their_pods() {
+    require_host!();
+    let _g = serial();
+    let tag = "lt-incid";
+    let t = Topology::create(tag, snat::CLIENTS).unwrap();
+    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    let rec = Rec::start(&t.names.node, tag);
+    let r = snat::run_round(&t, Variant::Deterministic, 0).unwrap();
+    // a loser is said to have given up once its next SYN is overdue
+    std::thread::sleep(Duration::from_secs(6));
+    let (rec, inc) = rec.stop_all();
+    let k = kernel(&rec);
+    let winners: Vec<&snat::Client> = r.clients.iter().filter(|c| c.ok).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "one port, one connection: {:?}",
+        r.clients
+    );
+    let races: Vec<&Value> = inc.iter().filter(|i| i["kind"] == "snat_race").collect();
+    let failed = races.iter().filter(|i| i["outcome"] == "failed").count();
+    let sum: u64 = races
+        .iter()
+        .map(|i| i["events"]["insert_failed"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "single port: {} clients, snat_race incidents {} ({failed} failed), their insert_failed {sum} = kernel {}",
+        r.clients.len(),
+        races.len(),
+        k.insert_failed
+    );
+    assert_eq!(races.len(), r.clients.len() - 1);
+    assert_eq!(failed, races.len(), "{races:#?}");
+    assert_eq!(sum, k.insert_failed);
+    let winner_local = &winners[0].local;
+    for i in &races {
+        let w = &i["winner"]["orig"];
+        assert_eq!(
+            format!("{}:{}", w["src"].as_str().unwrap(), w["sport"]),
+            *winner_local,
+            "the winner is the one client that connected: {i}"
+        );
+        assert_eq!(i["workload"]["kind"], "netns", "{i}");
+        assert_eq!(i["workload"]["name"], t.names.pods.as_str(), "{i}");
+    }
 }
