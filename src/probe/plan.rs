@@ -295,6 +295,95 @@ mod tests {
         }
     }
 
+    /// Debian's 6.18 (trixie-backports), captured in the VM: unlike this host's
+    /// 6.18 it has kprobes and lets fentry load, so every mode resolves to its
+    /// own flavour. Its `nf_tcp_log_invalid` is the variadic upstream one again
+    /// (the fexit is refused with EINVAL, where Debian's 6.12 accepted it):
+    /// fentry's window degrades to verdicts only and says so.
+    #[test]
+    fn debian_6_18_kprobes_and_fentry_attach_unlike_the_host() {
+        let f = fixture("6.18-debian");
+        assert!(f.kprobe_pmu);
+        let plan = resolve(&f, Mode::Auto);
+        for p in [Probe::Nat, Probe::Confirm] {
+            assert_eq!(
+                chosen(&plan, p),
+                Some(Flavour::Fentry),
+                "{p:?}\n{}",
+                plan.render()
+            );
+        }
+        assert_eq!(chosen(&plan, Probe::Window), Some(Flavour::Kprobe));
+        for (mode, fl) in [
+            (Mode::Fentry, Flavour::Fentry),
+            (Mode::Kprobe, Flavour::Kprobe),
+            (Mode::Stable, Flavour::Stable),
+        ] {
+            let plan = resolve(&f, mode);
+            for p in [Probe::Nat, Probe::Confirm, Probe::Window] {
+                assert_eq!(
+                    chosen(&plan, p),
+                    Some(fl),
+                    "{mode:?} {p:?}\n{}",
+                    plan.render()
+                );
+            }
+        }
+        let plan = resolve(&f, Mode::Fentry);
+        let w = plan.get(Probe::Window).unwrap();
+        assert!(!w.programs.contains(&"win_log_fexit".to_string()));
+        assert!(
+            w.notes.iter().any(|n| n.contains("INVALID verdicts only")),
+            "{:?}",
+            w.notes
+        );
+        // the host's 6.18 resolves the same probes to stable only
+        let host = resolve(&fixture("6.18-host"), Mode::Auto);
+        assert_eq!(chosen(&host, Probe::Confirm), Some(Flavour::Stable));
+    }
+
+    /// Debian's newest 7.x (7.3.4 when captured): every mode resolves to its
+    /// own flavour, and the fexit on `nf_tcp_log_invalid` loads again (the
+    /// non-variadic form, as on Debian's 6.12), so fentry's window keeps it.
+    #[test]
+    fn debian_7_x_every_mode_and_the_log_fexit_loads() {
+        let f = fixture("7.3-debian");
+        assert!(f.kernel.starts_with("7."), "{}", f.kernel);
+        let plan = resolve(&f, Mode::Auto);
+        for p in [Probe::Nat, Probe::Confirm] {
+            assert_eq!(chosen(&plan, p), Some(Flavour::Fentry), "{p:?}");
+        }
+        assert_eq!(chosen(&plan, Probe::Window), Some(Flavour::Kprobe));
+        for (mode, fl) in [
+            (Mode::Fentry, Flavour::Fentry),
+            (Mode::Kprobe, Flavour::Kprobe),
+            (Mode::Stable, Flavour::Stable),
+        ] {
+            let plan = resolve(&f, mode);
+            for p in [Probe::Nat, Probe::Confirm, Probe::Window] {
+                assert_eq!(
+                    chosen(&plan, p),
+                    Some(fl),
+                    "{mode:?} {p:?}\n{}",
+                    plan.render()
+                );
+            }
+        }
+        let plan = resolve(&f, Mode::Fentry);
+        let w = plan.get(Probe::Window).unwrap();
+        assert!(
+            w.programs.contains(&"win_log_fexit".to_string()),
+            "{}",
+            plan.render()
+        );
+        // the RST is the tcp_send_reset tracepoint (6.10+)
+        assert!(plan
+            .get(Probe::Symptoms)
+            .unwrap()
+            .programs
+            .contains(&"sym_send_reset".to_string()));
+    }
+
     #[test]
     fn untested_loads_are_tried_in_order() {
         let mut f = fixture("6.12-debian");

@@ -3,7 +3,9 @@
  * scripted.
  *
  *   burst listen IP PORT          listen with a deep backlog and never accept:
- *                                 the kernel completes every handshake.
+ *                                 the kernel completes every handshake; a UDP
+ *                                 socket bound to the same IP:PORT sinks
+ *                                 datagrams.
  *   burst connect IP PORT N SECS [HOLD]
  *                                 N non-blocking connects at once (each its own
  *                                 socket, so its own source port), wait up to
@@ -16,6 +18,12 @@
  *                                 calls it INVALID, it escapes de-NAT and the
  *                                 node answers it with a RST. The real seq/ack
  *                                 come from TCP_REPAIR. Prints what it sent.
+ *   burst udp IP PORT SPORT SRC... one UDP socket per SRC address, each bound to
+ *                                 SRC:SPORT (the same source port), then one
+ *                                 datagram from each to IP:PORT in a tight loop:
+ *                                 through a NAT to one address:port, every
+ *                                 datagram after the first clashes at confirm.
+ * IP and SRC may be IPv4 or IPv6 (forge: IPv4 only).
  * Built static (gcc -static) so the initramfs needs no libraries for it. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,6 +49,55 @@ static struct sockaddr_in addr(const char *ip, const char *port) {
         exit(2);
     }
     return a;
+}
+
+/* IPv4 or IPv6, by what the text parses as. */
+struct anyaddr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int family;
+};
+
+static struct anyaddr anyaddr(const char *ip, int port) {
+    struct anyaddr a;
+    memset(&a, 0, sizeof a);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&a.ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a.ss;
+    if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
+        v4->sin_family = a.family = AF_INET;
+        v4->sin_port = htons(port);
+        a.len = sizeof *v4;
+    } else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1) {
+        v6->sin6_family = a.family = AF_INET6;
+        v6->sin6_port = htons(port);
+        a.len = sizeof *v6;
+    } else {
+        fprintf(stderr, "burst: bad address %s\n", ip);
+        exit(2);
+    }
+    return a;
+}
+
+static int udp_burst(const char *ip, int port, int sport, int n, char **src) {
+    struct anyaddr dst = anyaddr(ip, port);
+    int *fd = calloc(n, sizeof *fd), one = 1, sent = 0;
+    for (int i = 0; i < n; i++) {
+        struct anyaddr s = anyaddr(src[i], sport);
+        fd[i] = socket(s.family, SOCK_DGRAM, 0);
+        setsockopt(fd[i], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (fd[i] < 0 || bind(fd[i], (struct sockaddr *)&s.ss, s.len) ||
+            connect(fd[i], (struct sockaddr *)&dst.ss, dst.len)) {
+            fprintf(stderr, "burst udp: %s: %s\n", src[i], strerror(errno));
+            return 2;
+        }
+    }
+    for (int i = 0; i < n; i++) /* all at once: none confirmed before the others */
+        if (send(fd[i], "burst", 5, 0) == 5)
+            sent++;
+    printf("udp sent %d of %d from port %d\n", sent, n, sport);
+    fflush(stdout);
+    usleep(200000);
+    return 0;
 }
 
 static double now(void) {
@@ -139,19 +196,29 @@ static int forge(const char *ip, const char *port, double delay) {
 int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "forge"))
         return forge(argv[2], argv[3], atof(argv[4]));
+    if (argc >= 6 && !strcmp(argv[1], "udp"))
+        return udp_burst(argv[2], atoi(argv[3]), atoi(argv[4]), argc - 5, argv + 5);
     if (argc == 4 && !strcmp(argv[1], "listen")) {
-        struct sockaddr_in a = addr(argv[2], argv[3]);
-        int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        struct anyaddr a = anyaddr(argv[2], atoi(argv[3]));
+        int s = socket(a.family, SOCK_STREAM, 0), one = 1;
+        int u = socket(a.family, SOCK_DGRAM, 0);
         setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 4096)) {
+        if (s < 0 || bind(s, (struct sockaddr *)&a.ss, a.len) || listen(s, 4096)) {
             perror("burst listen");
             return 2;
         }
-        for (;;)
-            pause();
+        if (u < 0 || bind(u, (struct sockaddr *)&a.ss, a.len)) {
+            perror("burst listen: udp");
+            return 2;
+        }
+        for (;;) { /* drain the UDP sink */
+            char b[64];
+            if (recv(u, b, sizeof b, 0) < 0 && errno != EINTR)
+                pause();
+        }
     }
     if ((argc == 6 || argc == 7) && !strcmp(argv[1], "connect")) {
-        struct sockaddr_in a = addr(argv[2], argv[3]);
+        struct anyaddr a = anyaddr(argv[2], atoi(argv[3]));
         int n = atoi(argv[4]);
         double secs = atof(argv[5]);
         if (n < 1 || n > 1000) {
@@ -161,14 +228,14 @@ int main(int argc, char **argv) {
         struct pollfd *p = calloc(n, sizeof *p);
         int connected = 0, failed = 0, pending = 0;
         for (int i = 0; i < n; i++) {
-            int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            int s = socket(a.family, SOCK_STREAM | SOCK_NONBLOCK, 0);
             if (s < 0) {
                 perror("socket");
                 return 2;
             }
             p[i].fd = s;
             p[i].events = POLLOUT;
-            if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
+            if (connect(s, (struct sockaddr *)&a.ss, a.len) == 0) {
                 connected++;
                 p[i].fd = -1;
             } else if (errno != EINPROGRESS) {
@@ -203,6 +270,6 @@ int main(int argc, char **argv) {
             usleep((useconds_t)(atof(argv[6]) * 1e6));
         return 0;
     }
-    fprintf(stderr, "usage: burst listen IP PORT | burst connect IP PORT N SECS [HOLD] | burst forge IP PORT DELAY\n");
+    fprintf(stderr, "usage: burst listen IP PORT | burst connect IP PORT N SECS [HOLD] | burst forge IP PORT DELAY | burst udp IP PORT SPORT SRC...\n");
     return 2;
 }

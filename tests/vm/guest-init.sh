@@ -72,7 +72,7 @@ step features ctrace probes --features
 ns() { ip netns exec "$@"; }
 
 lab_down() {
-    [ -n "$SRV_PID" ] && kill "$SRV_PID" 2>/dev/null
+    [ -n "$SRV_PID" ] && kill $SRV_PID 2>/dev/null
     SRV_PID=
     for n in cli node srv; do ip netns del $n 2>/dev/null; done
     return 0
@@ -98,8 +98,24 @@ lab_up() {
     ip -n srv addr add 10.0.2.2/24 dev s0 || return 1
     ip -n srv link set s0 up || return 1
     ip -n srv route add default via 10.0.2.1 || return 1
+    # IPv6 beside it (nodad: usable at once), for the snat6 race
+    ip -n cli addr add fd00:1::2/64 dev c0 nodad || return 1
+    ip -n cli route add default via fd00:1::1 || return 1
+    ip -n node addr add fd00:1::1/64 dev n0 nodad || return 1
+    ip -n node addr add fd00:2::1/64 dev n1 nodad || return 1
+    ip -n srv addr add fd00:2::2/64 dev s0 nodad || return 1
+    ip -n srv route add default via fd00:2::1 || return 1
+    # the udp race's clients: CLIENTS source addresses, all sending from one port
+    i=0
+    while [ $i -lt "$CLIENTS" ]; do
+        ip -n cli addr add 10.0.1.$((10 + i))/24 dev c0 || return 1
+        i=$((i + 1))
+    done
     ns node sysctl -qw net.ipv4.ip_forward=1 || return 1
+    ns node sysctl -qw net.ipv6.conf.all.forwarding=1 || return 1
     ns node iptables -t nat -A POSTROUTING -o n1 -p tcp -j SNAT --to-source 10.0.2.1:40000 || return 1
+    ns node iptables -t nat -A POSTROUTING -o n1 -p udp -j SNAT --to-source 10.0.2.1:40000 || return 1
+    ns node ip6tables -t nat -A POSTROUTING -o n1 -p tcp -j SNAT --to-source '[fd00:2::1]:40000' || return 1
     ns cli sysctl -qw net.ipv4.tcp_syn_retries=1 || return 1
     # the kernel's own words for each INVALID packet (in dmesg), to compare with
     # ctrace's reasons; inside a netns only while nf_log_all_netns is set
@@ -107,9 +123,13 @@ lab_up() {
     ns node sysctl -qw net.netfilter.nf_conntrack_log_invalid=6 || return 1
     ns srv burst listen 10.0.2.2 80 &
     SRV_PID=$!
+    ns srv burst listen fd00:2::2 80 &
+    SRV_PID="$SRV_PID $!"
     # resolve neighbours before tracing (ICMP is not NATed by the tcp rule)
     ns cli ping -c 1 -W 5 10.0.2.2 >/dev/null || return 1
+    ns cli ping -c 1 -W 5 fd00:2::2 >/dev/null || return 1
     ns node iptables -t nat -S || return 1
+    ns node ip6tables -t nat -S || return 1
 }
 
 # The two scenarios, each inside its own recording.
@@ -127,6 +147,53 @@ traffic_invalid() {
     sleep 1
     ns cli burst connect 10.0.2.2 81 1 5 4
     wait $f
+}
+
+# snat6: the same race over IPv6 (ip6tables SNAT to [fd00:2::1]:40000).
+traffic_snat6() {
+    ns cli burst connect fd00:2::2 80 "$CLIENTS" "$CONNECT_SECS"
+}
+# udp: CLIENTS sockets on different addresses of the pods netns, all bound to
+# source port 5353, send one datagram each at once to srv:80 through the SNAT to
+# one address:port: the first is confirmed, every other one's reply tuple
+# clashes with it (a reply clash is never merged): insert_failed + drop.
+traffic_udp() {
+    srcs=
+    i=0
+    while [ $i -lt "$CLIENTS" ]; do srcs="$srcs 10.0.1.$((10 + i))"; i=$((i + 1)); done
+    # shellcheck disable=SC2086
+    ns cli burst udp 10.0.2.2 80 5353 $srcs
+}
+
+# Which side of the upstream change that sets IPS_CONFIRMED only after the hash
+# insert (6.16; 6.12.40, 6.6.100, 6.1.147) this kernel is on, seen directly: a
+# kprobe event on __nf_conntrack_hash_insert fetches ct->status (offset from the
+# module's BTF) while the lab's pings are confirmed. CONFIRMED already set there
+# = before-insert (old); clear = after-insert (new).
+T=/sys/kernel/tracing
+confirm_order_begin() {
+    off=$(bpftool btf dump file /sys/kernel/btf/nf_conntrack format raw 2>/dev/null |
+        awk '/^\[[0-9]+\] STRUCT .nf_conn. size=/ {s=1; next} s && /^\[/ {s=0} s && /.status. type_id=/ {sub(/.*bits_offset=/, ""); print $1 / 8; exit}')
+    [ -z "$off" ] && off=$(bpftool btf dump file /sys/kernel/btf/vmlinux format raw 2>/dev/null |
+        awk '/^\[[0-9]+\] STRUCT .nf_conn. size=/ {s=1; next} s && /^\[/ {s=0} s && /.status. type_id=/ {sub(/.*bits_offset=/, ""); print $1 / 8; exit}')
+    echo "nf_conn.status offset: ${off:-unknown}"
+    [ -n "$off" ] || return 1
+    echo "p:ctrace_order __nf_conntrack_hash_insert status=+$off(%di):x64" >>$T/kprobe_events || return 1
+    echo 1 >$T/events/kprobes/ctrace_order/enable || return 1
+}
+confirm_order_end() {
+    echo 0 >$T/events/kprobes/ctrace_order/enable 2>/dev/null
+    st=$(grep -o 'status=0x[0-9a-f]*' $T/trace | head -1 | cut -d= -f2)
+    n=$(grep -c 'ctrace_order' $T/trace)
+    echo '-:ctrace_order' >>$T/kprobe_events 2>/dev/null
+    echo >$T/trace
+    if [ -z "$st" ]; then
+        say "CONFIRM_ORDER side=unknown inserts=$n"
+    elif [ $((st & 8)) = 8 ]; then
+        say "CONFIRM_ORDER side=before-insert status_at_insert=$st inserts=$n"
+    else
+        say "CONFIRM_ORDER side=after-insert status_at_insert=$st inserts=$n"
+    fi
 }
 
 # record MODE SCENARIO: ctrace record around traffic_SCENARIO; the trailer
@@ -170,11 +237,15 @@ record() {
 # VM_EXTRA (host env): a debugging command run here after the feature capture.
 [ -n "$EXTRA" ] && step extra sh -c "$EXTRA"
 
+step confirm-order-probe confirm_order_begin
+ORDER=1
 for m in $MODES; do
     # CTRACE_DEBUG: libbpf's log (a refused load's verifier log) lands in probes-M.err
     step probes-$m env CTRACE_DEBUG=1 ctrace probes --mode "$m" --json
     lab_down
     step lab-$m lab_up
+    [ -n "$ORDER" ] && confirm_order_end
+    ORDER=
     for sc in $SCENARIOS; do record "$m" "$sc"; done
     lab_down
 done
