@@ -123,8 +123,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     d.facts = facts(&input);
     d.findings = evaluate(&input);
     d.kernel_counters = kc.clone();
-    d.incidents = agg.incidents.by_kind.clone();
-    d.incident_examples = agg.incidents.examples.clone();
+    d.set_incidents(&agg.incidents);
     if ended_early {
         d.warnings.push(format!(
             "interrupted after {elapsed:.1} s of {:.0} s",

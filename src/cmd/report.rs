@@ -100,8 +100,7 @@ pub fn document(path: &Path, header: Option<&Header>, agg: &Aggregate, s: &Summa
         .as_ref()
         .map(|k| agreement_per_cpu(k, &events, &insert_failed_per_cpu(&agg.stats)))
         .unwrap_or_default();
-    d.incidents = agg.incidents.by_kind.clone();
-    d.incident_examples = agg.incidents.examples.clone();
+    d.set_incidents(&agg.incidents);
     d.events = events;
     d.lost = lost;
     d.facts = facts(&input);

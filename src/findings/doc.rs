@@ -155,10 +155,27 @@ pub fn facts(i: &Input) -> Facts {
     }
 }
 
-/// Destinations with most insert failures and INVALID segments (the symptom
-/// kinds are left out: tracepoints see every netns).
+/// Destinations with most incidents (one per losing connection or escaped
+/// segment) where the correlation ran; else with most insert failures and
+/// INVALID segments (the symptom kinds are left out: tracepoints see every
+/// netns).
 fn hot_destinations(i: &Input) -> Vec<Counted> {
     let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(t) = &i.agg.incidents.destinations {
+        let mut v: Vec<Counted> = t
+            .top(5)
+            .into_iter()
+            .map(|((a, p), n, _)| Counted {
+                key: match a {
+                    std::net::IpAddr::V6(a) => format!("[{a}]:{p}"),
+                    a => format!("{a}:{p}"),
+                },
+                count: n,
+            })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
+        return v;
+    }
     for k in [Kind::InsertFailed, Kind::TcpInvalid] {
         if let Some(t) = i.agg.collector.destinations.get(&k) {
             for ((a, p), n, _) in t.top(10) {
@@ -212,6 +229,12 @@ pub struct Document {
     /// The first few incidents in full.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub incident_examples: Vec<crate::incident::Incident>,
+    /// The workloads most affected: (who, incidents).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub workloads_affected: Vec<(String, u64)>,
+    /// snat_race incidents per new connection (NATed), where known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub share_of_new_connections_affected: Option<f64>,
     pub agreement: Vec<Agreement>,
     pub facts: Facts,
     pub node: Option<NodeState>,
@@ -240,6 +263,8 @@ impl Document {
             kernel_counters: None,
             incidents: BTreeMap::new(),
             incident_examples: Vec::new(),
+            workloads_affected: Vec::new(),
+            share_of_new_connections_affected: None,
             agreement: Vec::new(),
             facts: Facts::default(),
             node: None,
@@ -255,6 +280,18 @@ impl Document {
     }
 
     /// The human form.
+    /// Fills the incident parts from an aggregate.
+    pub fn set_incidents(&mut self, i: &crate::findings::Incidents) {
+        self.incidents = i.by_kind.clone();
+        self.incident_examples = i.examples.clone();
+        self.workloads_affected = i.top_workloads(5);
+        self.share_of_new_connections_affected = if i.by_kind.is_empty() {
+            None
+        } else {
+            i.share_affected()
+        };
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         if let Some(r) = &self.recording {
@@ -336,6 +373,21 @@ impl Document {
                     })
                     .collect();
                 let _ = writeln!(s, "Incidents: {}", v.join("; "));
+                if let Some(x) = self.share_of_new_connections_affected {
+                    let _ = writeln!(
+                        s,
+                        "  {:.1}% of new connections lost at least one SYN or datagram",
+                        x * 100.0
+                    );
+                }
+                if !self.workloads_affected.is_empty() {
+                    let w: Vec<String> = self
+                        .workloads_affected
+                        .iter()
+                        .map(|(who, n)| format!("{who} ({n})"))
+                        .collect();
+                    let _ = writeln!(s, "  most affected: {}", w.join(", "));
+                }
                 for i in &self.incident_examples {
                     let winner = i
                         .winner
@@ -427,7 +479,12 @@ impl Document {
                 .iter()
                 .map(|c| format!("{} ({})", c.key, c.count))
                 .collect();
-            let _ = writeln!(s, "Hot destinations (failures): {}", d.join(", "));
+            let by = if self.incidents.is_empty() {
+                "failures"
+            } else {
+                "incidents"
+            };
+            let _ = writeln!(s, "Hot destinations ({by}): {}", d.join(", "));
         }
         if let Some(n) = &self.node {
             for note in &n.notes {

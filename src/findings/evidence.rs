@@ -223,6 +223,12 @@ pub struct Incidents {
     pub examples: Vec<crate::incident::Incident>,
     /// Incidents by the destination the client wanted (top-k, bounded).
     pub destinations: Option<TopK<(IpAddr, u16)>>,
+    /// Incidents by the workload that suffered them (top-k, bounded).
+    pub workloads: Option<TopK<String>>,
+    /// NAT allocations of new connections, and those that were a loser's
+    /// retransmit (the share of new connections affected needs both).
+    pub nat_allocs: u64,
+    pub retransmit_allocs: u64,
 }
 
 /// Incidents kept in full in a document.
@@ -244,6 +250,33 @@ impl Incidents {
         self.destinations
             .get_or_insert_with(|| TopK::new(256))
             .add((i.flow.dst, i.flow.dport), 1);
+        let who = i
+            .workload
+            .as_ref()
+            .and_then(|w| serde_json::from_value::<crate::workload::Workload>(w.clone()).ok())
+            .map(|w| w.label())
+            .unwrap_or_else(|| format!("netns {}", i.netns));
+        self.workloads
+            .get_or_insert_with(|| TopK::new(256))
+            .add(who, 1);
+        if i.kind == "snat_race" {
+            self.retransmit_allocs += i.events.get("nat_alloc").copied().unwrap_or(0);
+        }
+    }
+
+    /// snat_race incidents per new connection (allocations that were not a
+    /// loser's retransmit); None without allocations (the nat probe is off).
+    pub fn share_affected(&self) -> Option<f64> {
+        let new = self.nat_allocs.saturating_sub(self.retransmit_allocs);
+        (new > 0).then(|| self.count("snat_race") as f64 / new as f64)
+    }
+
+    /// The most affected workloads, most first.
+    pub fn top_workloads(&self, n: usize) -> Vec<(String, u64)> {
+        self.workloads
+            .as_ref()
+            .map(|t| t.top(n).into_iter().map(|(k, c, _)| (k, c)).collect())
+            .unwrap_or_default()
     }
 
     pub fn count(&self, kind: &str) -> u64 {
@@ -262,6 +295,9 @@ impl Aggregate {
     pub fn add(&mut self, e: &Event) {
         self.stats.add(e);
         self.collector.add(e);
+        if e.kind == Kind::NatAlloc {
+            self.incidents.nat_allocs += 1;
+        }
     }
 
     pub fn add_incident(&mut self, i: &crate::incident::Incident) {

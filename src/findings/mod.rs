@@ -17,7 +17,8 @@ mod snat;
 mod text;
 
 pub use evidence::{
-    Aggregate, Collector, Counted, Evidence, Finding, Input, Origin, Severity, What, EXAMPLES,
+    Aggregate, Collector, Counted, Evidence, Finding, Incidents, Input, Origin, Severity, What,
+    EXAMPLES,
 };
 pub use invalid::{ignores_under_lower_bound, reason_class, reason_resets, ReasonClass};
 pub use node_verdicts::{node_findings, not_read};

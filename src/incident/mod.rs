@@ -46,11 +46,15 @@ pub const QUIET_NS: u64 = 1_000_000_000;
 /// mode sees no clash itself: the second allocation is its trace).
 pub const CLASH_NS: u64 = 1_000_000_000;
 /// NAT allocations remembered (by reply tuple) to name winners.
-pub const MAX_ALLOCS: usize = 65_536;
+pub const MAX_ALLOCS: usize = 32_768;
 /// Incidents open at once; past this the oldest closes as `unknown`.
-pub const MAX_OPEN: usize = 16_384;
+pub const MAX_OPEN: usize = 8_192;
 /// Timeline entries kept per incident (the counts in `events` are whole).
-pub const MAX_TIMELINE: usize = 32;
+pub const MAX_TIMELINE: usize = 16;
+/// Events held at most; past this the oldest leave before their 200 ms.
+pub const MAX_HELD: usize = 8_192;
+/// Allocations remembered per reply tuple and per original tuple.
+const PER_KEY: usize = 16;
 
 /// One line of a recording: `{"type":"incident",...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,8 +190,18 @@ pub struct Correlator {
     watermark: u64,
     allocs: HashMap<Tuple, VecDeque<Alloc>>,
     alloc_order: VecDeque<Tuple>,
-    /// The latest allocation of each original tuple (clash synthesis, flows).
-    by_orig: HashMap<Tuple, (u64, Tuple, u64)>,
+    /// Recent allocations of each original tuple: (ts, reply), at most
+    /// PER_KEY each (clash synthesis, merged clashes' winners).
+    by_orig: HashMap<Tuple, VecDeque<(u64, Tuple)>>,
+    /// The latest failure on each wire tuple and CPU (its drop's match).
+    fail_by_wire: HashMap<(Tuple, u32), (u64, u64)>,
+    /// invalid_reset incidents by connection.
+    invalid_by_conn: HashMap<ConnKey, u64>,
+    /// Incidents that close when the event of this sequence number leaves.
+    close_on_release: HashMap<u64, u64>,
+    /// When each open incident is due to close, by time (lazy: an entry is
+    /// checked against the incident's current deadline when it comes up).
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
     open: BTreeMap<u64, Open>,
     /// snat_race incidents by the loser's original tuple.
     races: HashMap<Tuple, u64>,
@@ -207,6 +221,10 @@ impl Correlator {
             allocs: HashMap::new(),
             alloc_order: VecDeque::new(),
             by_orig: HashMap::new(),
+            fail_by_wire: HashMap::new(),
+            invalid_by_conn: HashMap::new(),
+            close_on_release: HashMap::new(),
+            deadlines: std::collections::BinaryHeap::new(),
             open: BTreeMap::new(),
             races: HashMap::new(),
             drops: HashMap::new(),
@@ -222,7 +240,14 @@ impl Correlator {
         self.next_seq += 1;
         self.on_arrival(&mut e, seq);
         self.held.push_back(Held { seq, e });
-        self.release(self.watermark.saturating_sub(HOLD_NS))
+        let mut out = self.release(self.watermark.saturating_sub(HOLD_NS));
+        // bounded in events too: a dense stream (a replay at high speed, a
+        // flood) leaves early rather than costing memory
+        while self.held.len() > MAX_HELD {
+            let head = self.held.front().map_or(0, |h| h.e.ts_ns);
+            out.extend(self.release(head));
+        }
+        out
     }
 
     /// The clock moved on without events (a quiet ring): releases and closes
@@ -311,7 +336,25 @@ impl Correlator {
             ts_ns: e.ts_ns,
             failed: false,
         };
-        self.allocs.entry(reply).or_default().push_back(a);
+        let q = self
+            .allocs
+            .entry(reply)
+            .or_insert_with(|| VecDeque::with_capacity(1));
+        q.push_back(a);
+        if q.len() > PER_KEY {
+            q.pop_front();
+        }
+        let o = self
+            .by_orig
+            .entry(e.orig)
+            .or_insert_with(|| VecDeque::with_capacity(1));
+        o.push_back((e.ts_ns, reply));
+        if o.len() > PER_KEY {
+            o.pop_front();
+        }
+        if self.by_orig.len() > MAX_ALLOCS {
+            self.by_orig.clear();
+        }
         self.alloc_order.push_back(reply);
         while self.alloc_order.len() > MAX_ALLOCS {
             if let Some(old) = self.alloc_order.pop_front() {
@@ -339,6 +382,13 @@ impl Correlator {
     }
 
     fn on_arrival(&mut self, e: &mut Event, seq: u64) {
+        self.match_event(e, seq);
+        if let Some(id) = e.incident {
+            self.schedule(id);
+        }
+    }
+
+    fn match_event(&mut self, e: &mut Event, seq: u64) {
         match e.kind {
             Kind::NatAlloc => {
                 self.remember_alloc(e);
@@ -348,9 +398,6 @@ impl Correlator {
                     if let Some(o) = self.open.get_mut(&id) {
                         o.attempt_ns = Some(e.ts_ns);
                     }
-                }
-                if let Some(reply) = e.reply {
-                    self.by_orig.insert(e.orig, (e.ts_ns, reply, seq));
                 }
             }
             Kind::InsertFailed => {
@@ -376,11 +423,16 @@ impl Correlator {
                     }
                     if o.udp {
                         o.close_at_release_of = Some(seq);
+                        self.close_on_release.insert(seq, id);
                     }
                 }
                 // the dropped packet, if its drop came first
                 if let Some(reply) = e.reply {
                     let wire = inverse(&reply);
+                    if self.fail_by_wire.len() > MAX_OPEN {
+                        self.fail_by_wire.clear();
+                    }
+                    self.fail_by_wire.insert((wire, e.cpu), (id, e.ts_ns));
                     if let Some((dseq, dts)) = self.drops.remove(&(wire, e.cpu)) {
                         if e.ts_ns.abs_diff(dts) < 10_000_000 {
                             self.claim(dseq, id);
@@ -392,16 +444,12 @@ impl Correlator {
                 // the packet after NAT: its tuple is the reply tuple inverted;
                 // a drop and its failure are one skb on one CPU, µs apart
                 let claimed = self
-                    .open
-                    .iter()
-                    .filter(|(_, o)| {
-                        o.inc.kind == "snat_race"
-                            && o.last_failure_cpu == e.cpu
-                            && o.inc.translated.is_some_and(|t| inverse(&t) == e.orig)
-                            && e.ts_ns.abs_diff(o.last_failure_ns) < 10_000_000
+                    .fail_by_wire
+                    .get(&(e.orig, e.cpu))
+                    .filter(|(id, ts)| {
+                        self.open.contains_key(id) && e.ts_ns.abs_diff(*ts) < 10_000_000
                     })
-                    .max_by_key(|(_, o)| o.last_failure_ns)
-                    .map(|(&id, _)| id);
+                    .map(|(id, _)| *id);
                 match claimed {
                     Some(id) => self.join(id, e),
                     None => {
@@ -427,6 +475,7 @@ impl Correlator {
                 self.join(id, e);
                 if let Some(o) = self.open.get_mut(&id) {
                     o.close_at_release_of = Some(seq);
+                    self.close_on_release.insert(seq, id);
                 }
             }
             Kind::TcpInvalid => {
@@ -443,6 +492,9 @@ impl Correlator {
                 }
                 let flow = self.pod_flow(e);
                 let id = self.new_incident(IncKind::InvalidReset, e, flow.0);
+                for k in &keys {
+                    self.invalid_by_conn.insert(*k, id);
+                }
                 if let Some(o) = self.open.get_mut(&id) {
                     o.keys = keys;
                     o.inc.translated = flow.1;
@@ -517,7 +569,13 @@ impl Correlator {
             (Some(a), _) => (WinnerSlot::Known(Box::new(winner(a))), None),
             (None, Kind::ClashResolved) => {
                 // a merged clash: the first allocation of the same original tuple
-                let first = self.allocs.values().flat_map(|q| q.iter()).filter(|a| a.orig == e.orig && a.ts_ns <= e.ts_ns).min_by_key(|a| a.ts_ns);
+                let first = self
+                    .by_orig
+                    .get(&e.orig)
+                    .and_then(|q| q.iter().filter(|(ts, _)| *ts <= e.ts_ns).min_by_key(|(ts, _)| *ts))
+                    .and_then(|(ts, reply)| {
+                        self.allocs.get(reply)?.iter().find(|a| a.orig == e.orig && a.ts_ns == *ts)
+                    });
                 match first {
                     Some(a) => (WinnerSlot::Known(Box::new(winner(a))), None),
                     None => (WinnerSlot::Unknown, Some("no NAT allocation of this tuple was seen (it predates the trace, or the nat probe is off)".into())),
@@ -563,7 +621,9 @@ impl Correlator {
                     if let Some(o) = self.open.get_mut(&id) {
                         o.inc.winner = w.known().cloned();
                         o.inc.winner_unknown = why.clone();
-                        o.close_at_release_of = None;
+                        if let Some(at) = o.close_at_release_of.take() {
+                            self.close_on_release.remove(&at);
+                        }
                     }
                     self.close(id, "merged", None);
                 }
@@ -571,13 +631,7 @@ impl Correlator {
                 c.winner_unknown = why;
                 out.events.push(c);
             }
-            let due: Vec<u64> = self
-                .open
-                .iter()
-                .filter(|(_, o)| o.close_at_release_of == Some(seq))
-                .map(|(&id, _)| id)
-                .collect();
-            for id in due {
+            if let Some(id) = self.close_on_release.remove(&seq) {
                 let kind = self.open.get(&id).map(|o| o.inc.kind.clone());
                 match kind.as_deref() {
                     Some("udp_clash") => self.close(id, "merged", None),
@@ -604,11 +658,15 @@ impl Correlator {
             return None;
         }
         let earlier = self
-            .allocs
-            .values()
-            .flat_map(|q| q.iter())
-            .filter(|a| {
-                a.orig == e.orig && a.ts_ns < e.ts_ns && e.ts_ns - a.ts_ns < CLASH_NS && !a.failed
+            .by_orig
+            .get(&e.orig)?
+            .iter()
+            .filter(|(ts, _)| *ts < e.ts_ns && e.ts_ns - *ts < CLASH_NS)
+            .filter_map(|(ts, reply)| {
+                self.allocs
+                    .get(reply)?
+                    .iter()
+                    .find(|a| a.orig == e.orig && a.ts_ns == *ts && !a.failed)
             })
             .max_by_key(|a| a.ts_ns)?;
         let mut c = e.clone();
@@ -623,36 +681,53 @@ impl Correlator {
         Some(c)
     }
 
+    /// When an open incident closes by time, with how, if nothing else comes.
+    fn deadline(o: &Open) -> Option<(u64, &'static str, Option<u64>)> {
+        match o.inc.kind.as_str() {
+            "snat_race" if !o.udp => Some(match o.attempt_ns {
+                Some(t) => (
+                    t + RECOVER_NS,
+                    "recovered",
+                    Some((t - o.inc.start_ns + 500_000) / 1_000_000),
+                ),
+                None => {
+                    // SYN timeout after the k-th failed SYN: 1 s, doubled per SYN
+                    let rto = 1_000_000_000u64 << (o.failures.saturating_sub(1)).min(6);
+                    (o.last_failure_ns + rto + SLACK_NS, "failed", None)
+                }
+            }),
+            "invalid_reset" => Some((
+                o.last_event_ns + QUIET_NS,
+                if o.host_rst { "reset" } else { "unknown" },
+                None,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Files an incident's current deadline (after anything that moves it).
+    fn schedule(&mut self, id: u64) {
+        if let Some((at, _, _)) = self.open.get(&id).and_then(Self::deadline) {
+            self.deadlines.push(std::cmp::Reverse((at, id)));
+        }
+    }
+
     fn close_by_time(&mut self) {
         let now = self.watermark;
-        let mut due: Vec<(u64, &'static str, Option<u64>)> = Vec::new();
-        for (&id, o) in &self.open {
-            match o.inc.kind.as_str() {
-                "snat_race" if !o.udp => {
-                    if let Some(t) = o.attempt_ns {
-                        if now >= t + RECOVER_NS {
-                            due.push((
-                                id,
-                                "recovered",
-                                Some((t - o.inc.start_ns + 500_000) / 1_000_000),
-                            ));
-                        }
-                    } else {
-                        // SYN timeout after the k-th failed SYN: 1 s, doubled per SYN
-                        let rto = 1_000_000_000u64 << (o.failures.saturating_sub(1)).min(6);
-                        if now >= o.last_failure_ns + rto + SLACK_NS {
-                            due.push((id, "failed", None));
-                        }
-                    }
-                }
-                "invalid_reset" if now >= o.last_event_ns + QUIET_NS => {
-                    due.push((id, if o.host_rst { "reset" } else { "unknown" }, None));
-                }
-                _ => {}
+        while let Some(&std::cmp::Reverse((at, id))) = self.deadlines.peek() {
+            if at > now {
+                break;
             }
-        }
-        for (id, outcome, delay) in due {
-            self.close(id, outcome, delay);
+            self.deadlines.pop();
+            let Some((cur, outcome, delay)) = self.open.get(&id).and_then(Self::deadline) else {
+                continue;
+            };
+            if cur <= now {
+                self.close(id, outcome, delay);
+            } else if cur != at {
+                // moved on since: its newer entry is in the heap
+                continue;
+            }
         }
     }
 
@@ -663,7 +738,17 @@ impl Correlator {
     }
 
     fn finalize(&mut self, mut o: Open, outcome: &str, delay_ms: Option<u64>) {
-        self.races.retain(|_, v| *v != o.inc.id);
+        if let Some(at) = o.close_at_release_of.take() {
+            self.close_on_release.remove(&at);
+        }
+        if self.races.get(&o.inc.flow) == Some(&o.inc.id) {
+            self.races.remove(&o.inc.flow);
+        }
+        for k in &o.keys {
+            if self.invalid_by_conn.get(k) == Some(&o.inc.id) {
+                self.invalid_by_conn.remove(k);
+            }
+        }
         o.inc.outcome = outcome.into();
         o.inc.delay_ms = delay_ms;
         if o.inc.kind == "snat_race" && o.udp && o.inc.flow.dport == 53 {

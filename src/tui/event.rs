@@ -19,6 +19,8 @@ pub enum Msg {
     },
     /// A batch of decoded events.
     Events(Vec<Event>),
+    /// Incidents the correlation stage closed.
+    Incidents(Vec<crate::incident::Incident>),
     /// The kernel's conntrack counters since the session started.
     Kernel(Snapshot),
     /// Lost records so far (a running total).

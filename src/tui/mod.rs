@@ -208,11 +208,31 @@ fn start_live(
 fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool) {
     let mut last = Instant::now();
     let mut first = true;
+    let stable_confirm = session
+        .plan
+        .get(crate::probe::Probe::Confirm)
+        .and_then(|p| p.chosen)
+        == Some(crate::probe::Flavour::Stable);
+    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
+        synthesize_clashes: stable_confirm,
+    });
     while !stop.load(Ordering::Relaxed) {
+        let mut out = crate::incident::Output::default();
         if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
-            if tx.send(Msg::Events(batch)).is_err() {
-                return;
+            for e in batch {
+                let o = corr.push(e);
+                out.events.extend(o.events);
+                out.incidents.extend(o.incidents);
             }
+        }
+        let o = corr.tick(crate::sys::monotonic_ns());
+        out.events.extend(o.events);
+        out.incidents.extend(o.incidents);
+        if !out.events.is_empty() && tx.send(Msg::Events(out.events)).is_err() {
+            return;
+        }
+        if !out.incidents.is_empty() && tx.send(Msg::Incidents(out.incidents)).is_err() {
+            return;
         }
         if first || last.elapsed() >= COUNTERS_EVERY {
             first = false;
@@ -338,6 +358,9 @@ fn ui_loop(
         let mut next_tick = Instant::now();
         let mut dirty = true;
         let mut ended = false;
+        // a replay's events pass through the correlation stage too (the
+        // events a stable-mode recording made of clashes are in the file)
+        let mut corr = crate::incident::Correlator::new(crate::incident::Config::default());
         loop {
             if app.quit || stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -349,9 +372,25 @@ fn ui_loop(
                 let now_ns = match feed.as_mut() {
                     Some(f) => {
                         if !app.paused() {
-                            let evs = f.advance(dt);
-                            if !evs.is_empty() {
-                                app.add_events(evs);
+                            let mut out = crate::incident::Output::default();
+                            for e in f.advance(dt) {
+                                let o = corr.push(e);
+                                out.events.extend(o.events);
+                                out.incidents.extend(o.incidents);
+                            }
+                            let o = corr.tick(f.now_ns());
+                            out.events.extend(o.events);
+                            out.incidents.extend(o.incidents);
+                            if f.done() && !ended {
+                                let o = corr.finish(f.now_ns());
+                                out.events.extend(o.events);
+                                out.incidents.extend(o.incidents);
+                            }
+                            if !out.events.is_empty() {
+                                app.add_events(out.events);
+                            }
+                            if !out.incidents.is_empty() {
+                                app.update(Msg::Incidents(out.incidents));
                             }
                         }
                         if f.done() && !ended {

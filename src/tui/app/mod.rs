@@ -148,6 +148,12 @@ impl App {
                 self.add_events(v);
                 false
             }
+            Msg::Incidents(v) => {
+                for i in &v {
+                    self.live.add_incident(i);
+                }
+                false
+            }
             Msg::Kernel(s) => {
                 self.live.kernel = Some(s);
                 false

@@ -272,6 +272,10 @@ pub struct Model {
     pub now_ns: u64,
     /// The source stopped: why.
     pub ended: Option<String>,
+    /// Incidents closed so far, and by the destination the client wanted:
+    /// the top table counts these (one per losing connection) once there are any.
+    pub incidents: u64,
+    pub incident_destinations: crate::stats::TopK<(std::net::IpAddr, u16)>,
 }
 
 impl Model {
@@ -286,7 +290,15 @@ impl Model {
             node: None,
             now_ns: 0,
             ended: None,
+            incidents: 0,
+            incident_destinations: crate::stats::TopK::new(TOPK),
         }
+    }
+
+    pub(super) fn add_incident(&mut self, i: &crate::incident::Incident) {
+        self.incidents += 1;
+        self.incident_destinations
+            .add((i.flow.dst, i.flow.dport), 1);
     }
 
     pub(super) fn add(&mut self, e: Event, start_ns: u64, ring_cap: usize) {

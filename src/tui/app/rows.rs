@@ -107,6 +107,19 @@ impl App {
     pub fn top_rows(&self) -> Vec<TopRow> {
         let m = self.view();
         let mut rows: Vec<TopRow> = match self.top_view {
+            // one per losing connection once the correlation has closed any
+            // (a lost SYN is also a drop and a retransmit: events count it thrice)
+            TopView::Destinations if m.incidents > 0 => m
+                .incident_destinations
+                .top(TOP_ROWS)
+                .into_iter()
+                .map(|(d, count, err)| TopRow {
+                    src: None,
+                    dst: d,
+                    count,
+                    err,
+                })
+                .collect(),
             TopView::Destinations => m
                 .stats
                 .top_destinations
