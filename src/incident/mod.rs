@@ -342,7 +342,17 @@ impl Correlator {
             .or_insert_with(|| VecDeque::with_capacity(1));
         q.push_back(a);
         if q.len() > PER_KEY {
-            q.pop_front();
+            // a failed allocation never held the tuple, so it cannot be a
+            // winner: it leaves first (a single-port SNAT node sees every
+            // loser's retransmit allocate the one tuple its winner holds)
+            match q.iter().position(|a| a.failed) {
+                Some(i) => {
+                    q.remove(i);
+                }
+                None => {
+                    q.pop_front();
+                }
+            }
         }
         let o = self
             .by_orig

@@ -144,6 +144,37 @@ fn drops_that_arrive_before_their_failure_are_still_claimed() {
 }
 
 #[test]
+fn a_winner_outlives_more_failed_attempts_on_its_tuple_than_are_kept_per_key() {
+    // 8 losers x 3 SYNs on the one reply tuple: 24 failed allocations after
+    // the winner's, more than PER_KEY; the winner must still be named
+    let losers: Vec<u16> = (2..10).collect();
+    assert!(losers.len() * 3 > PER_KEY);
+    let mut v = vec![alloc(1, 10 * MS, 0)];
+    for at in [0u64, S, 3 * S] {
+        for (n, &i) in losers.iter().enumerate() {
+            let base = 10 * MS + at + n as u64 * 10_000;
+            let cpu = (n % 2) as u32;
+            v.push(alloc(i, base + MS, cpu));
+            v.push(failed(i, base + MS + 1000, cpu));
+        }
+    }
+    let out = run(v, 12 * S);
+    let losers_seen: Vec<&Event> = out
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::InsertFailed)
+        .collect();
+    assert_eq!(losers_seen.len(), 24);
+    for e in losers_seen {
+        let w = e
+            .winner
+            .known()
+            .unwrap_or_else(|| panic!("no winner: {e:?}"));
+        assert_eq!(w.orig, client(1));
+    }
+}
+
+#[test]
 fn events_slightly_out_of_order_across_cpus_keep_their_order_and_winner() {
     // cpu1's alloc arrives after cpu0's failure although it is older
     let v = vec![
