@@ -2,10 +2,13 @@
 //! network namespace (the same numbers `conntrack -S` prints), per CPU.
 
 use std::io;
+use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
+
+use crate::event::Tuple;
 
 /// The kernel's conntrack statistics, each with its ctnetlink attribute
 /// (CTA_STATS_*): the one list of counter names. CpuStats, KernelCounters,
@@ -118,6 +121,7 @@ impl Snapshot {
 }
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NLM_F_REQUEST: u16 = 1;
@@ -165,27 +169,49 @@ impl CtNetlink {
     /// answers with one message and no DONE (ctnetlink_stat_ct): ask for an
     /// ACK, which ends the answer, or the read waits forever.
     fn request(&mut self, msg_type: u16, dump: bool) -> Result<Vec<Vec<u8>>> {
+        match self.exchange(msg_type, 0, dump, &[])? {
+            Ok(msgs) => Ok(msgs),
+            Err(code) => {
+                let e = io::Error::from_raw_os_error(code);
+                if code == libc::EOPNOTSUPP || code == libc::ENOENT {
+                    bail!("conntrack is not available in this network namespace ({e}): is nf_conntrack loaded? try 'modprobe nf_conntrack'");
+                }
+                bail!("ctnetlink refused the statistics request: {e}");
+            }
+        }
+    }
+
+    /// One request (nfgenmsg of `family`, then `attrs`) and its answer: the
+    /// messages, or the errno the kernel answered with.
+    fn exchange(
+        &mut self,
+        msg_type: u16,
+        family: u8,
+        dump: bool,
+        attrs: &[u8],
+    ) -> Result<std::result::Result<Vec<Vec<u8>>, i32>> {
         self.seq += 1;
-        let mut req = Vec::with_capacity(20);
-        let len: u32 = 16 + 4;
+        let len = (16 + 4 + attrs.len()) as u32;
+        let mut req = Vec::with_capacity(len as usize);
         req.extend_from_slice(&len.to_ne_bytes());
         req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
         req.extend_from_slice(&flags.to_ne_bytes());
         req.extend_from_slice(&self.seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
-        // struct nfgenmsg { family AF_UNSPEC, version NFNETLINK_V0, res_id 0 }
-        req.extend_from_slice(&[0, 0, 0, 0]);
+        // struct nfgenmsg { family, version NFNETLINK_V0, res_id 0 }
+        req.extend_from_slice(&[family, 0, 0, 0]);
+        req.extend_from_slice(attrs);
         self.sock
             .send(&req, 0)
-            .context("sending a ctnetlink statistics request")?;
+            .context("sending a ctnetlink request")?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = self
                 .sock
                 .recv(&mut &mut buf[..], 0)
-                .context("reading ctnetlink statistics")?;
+                .context("reading ctnetlink's answer")?;
             if n == 0 {
                 bail!("ctnetlink closed the socket");
             }
@@ -197,22 +223,31 @@ impl CtNetlink {
                     bail!("malformed ctnetlink message");
                 }
                 match mtype {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(Ok(out)),
                     NLMSG_ERROR => {
+                        if mlen < 20 {
+                            bail!("malformed ctnetlink error message");
+                        }
                         let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into()?);
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        let e = io::Error::from_raw_os_error(-code);
-                        if -code == libc::EOPNOTSUPP || -code == libc::ENOENT {
-                            bail!("conntrack is not available in this network namespace ({e}): is nf_conntrack loaded? try 'modprobe nf_conntrack'");
-                        }
-                        bail!("ctnetlink refused the statistics request: {e}");
+                        return Ok(if code == 0 { Ok(out) } else { Err(-code) });
                     }
                     _ => out.push(buf[off..off + mlen].to_vec()),
                 }
                 off += (mlen + 3) & !3;
             }
+        }
+    }
+
+    /// The original tuple of the entry whose reply tuple is `reply`
+    /// (`conntrack -G --reply-src .. --reply-dst .. -p ..`): who holds it.
+    /// `None` when no entry does.
+    pub fn holder_of_reply(&mut self, proto: u8, reply: &Tuple) -> Result<Option<Tuple>> {
+        let (family, req) = tuple_request(proto, reply);
+        match self.exchange(IPCTNL_MSG_CT_GET, family, false, &req)? {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| parse_orig(m.get(20..)?))),
+            Err(libc::ENOENT) => Ok(None),
+            Err(code) => Err(io::Error::from_raw_os_error(code))
+                .context("ctnetlink refused the table lookup"),
         }
     }
 
@@ -283,6 +318,105 @@ fn parse_cpu(m: &[u8]) -> Result<CpuStats> {
     Ok(c)
 }
 
+// ctnetlink's tuple attributes (CTA_TUPLE_*, CTA_IP_*, CTA_PROTO_*)
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+
+fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + payload.len() + 3);
+    v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(payload);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+/// A GET of the entry whose reply tuple is `t`: (nfgenmsg family, attributes).
+fn tuple_request(proto: u8, t: &Tuple) -> (u8, Vec<u8>) {
+    let (family, ip) = match (t.src, t.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (
+            libc::AF_INET as u8,
+            [
+                nla(CTA_IP_V4_SRC, &s.octets()),
+                nla(CTA_IP_V4_DST, &d.octets()),
+            ]
+            .concat(),
+        ),
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            (
+                libc::AF_INET6 as u8,
+                [nla(CTA_IP_V6_SRC, &v6(s)), nla(CTA_IP_V6_DST, &v6(d))].concat(),
+            )
+        }
+    };
+    let pr = [
+        nla(CTA_PROTO_NUM, &[proto]),
+        nla(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes()),
+        nla(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes()),
+    ]
+    .concat();
+    let tuple = [
+        nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
+        nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &pr),
+    ]
+    .concat();
+    (family, nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &tuple))
+}
+
+/// CTA_TUPLE_ORIG of a conntrack message's attributes.
+fn parse_orig(b: &[u8]) -> Option<Tuple> {
+    let (_, orig) = attrs(b).into_iter().find(|(ty, _)| *ty == CTA_TUPLE_ORIG)?;
+    let mut t = Tuple {
+        src: IpAddr::from([0u8; 4]),
+        sport: 0,
+        dst: IpAddr::from([0u8; 4]),
+        dport: 0,
+    };
+    let port = |v: &[u8]| (v.len() >= 2).then(|| u16::from_be_bytes([v[0], v[1]]));
+    for (ty, v) in attrs(orig) {
+        match ty {
+            CTA_TUPLE_IP => {
+                for (ty, v) in attrs(v) {
+                    match (ty, v.len()) {
+                        (CTA_IP_V4_SRC, 4) => t.src = IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                        (CTA_IP_V4_DST, 4) => t.dst = IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                        (CTA_IP_V6_SRC, 16) => t.src = IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+                        (CTA_IP_V6_DST, 16) => t.dst = IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (ty, v) in attrs(v) {
+                    match ty {
+                        CTA_PROTO_SRC_PORT => t.sport = port(v)?,
+                        CTA_PROTO_DST_PORT => t.dport = port(v)?,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +427,48 @@ mod tests {
         a.extend_from_slice(&ty.to_ne_bytes());
         a.extend_from_slice(&v.to_be_bytes());
         a
+    }
+
+    #[test]
+    fn a_table_lookup_asks_by_reply_tuple_and_reads_the_original_back() {
+        for (orig, reply) in [
+            (
+                "10.9.0.2:40001->192.0.2.2:80",
+                "192.0.2.2:80->192.0.2.1:40000",
+            ),
+            (
+                "[fd77::16]:43927->[fd77:0:0:2::2]:8000",
+                "[fd77:0:0:2::2]:8000->[fd77:0:0:2::1]:40000",
+            ),
+        ] {
+            let tup = |s: &str| {
+                let (a, b) = s.split_once("->").unwrap();
+                let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+                    (a.parse().unwrap(), b.parse().unwrap());
+                Tuple {
+                    src: a.ip(),
+                    sport: a.port(),
+                    dst: b.ip(),
+                    dport: b.port(),
+                }
+            };
+            let (family, req) = tuple_request(6, &tup(reply));
+            assert_eq!(
+                family as i32,
+                if orig.starts_with('[') {
+                    libc::AF_INET6
+                } else {
+                    libc::AF_INET
+                }
+            );
+            // the kernel's answer carries the same nesting under CTA_TUPLE_ORIG
+            let (_, orig_req) = tuple_request(6, &tup(orig));
+            let mut answer = orig_req.clone();
+            answer[2..4].copy_from_slice(&(CTA_TUPLE_ORIG | NLA_F_NESTED).to_ne_bytes());
+            answer.extend_from_slice(&req);
+            assert_eq!(parse_orig(&answer), Some(tup(orig)));
+            assert_eq!(parse_orig(&req), None, "a reply tuple alone is no original");
+        }
     }
 
     #[test]

@@ -1208,3 +1208,61 @@ fn single_port_losers_are_k_minus_1_failed_incidents_naming_their_pods() {
         assert_eq!(i["workload"]["name"], t.names.pods.as_str(), "{i}");
     }
 }
+
+/// A winner that predates the trace: one client holds the single SNAT port
+/// before ctrace starts, so no NAT allocation of it is seen; every later
+/// client loses, and each loser names the holder from the conntrack table
+/// (`seen:"table"`), which `conntrack -L` confirms.
+#[test]
+fn a_winner_older_than_the_trace_is_named_from_the_table() {
+    require_host!();
+    let _g = serial();
+    let tag = "lt-tablew";
+    let t = Topology::create(tag, snat::CLIENTS).unwrap();
+    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    // the holder: client 0, connected to round 0's server port, kept open
+    let dst = std::net::SocketAddr::new(t.server_addr(), snat::SERVER_PORT_BASE);
+    let (pods, local) = (
+        t.names.pods.clone(),
+        std::net::SocketAddr::new(t.client_addr(0), 0),
+    );
+    let held = std::thread::spawn(move || {
+        ctrace::netns::enter(&pods).unwrap();
+        let fd = ctrace::lab::sock::prepare_connect(local).unwrap();
+        ctrace::lab::sock::connect_prepared(fd, dst).unwrap()
+    })
+    .join()
+    .expect("the holder connects before the trace");
+    let rec = Rec::start(&t.names.node, tag);
+    let r = snat::run_round(&t, Variant::Deterministic, 0).unwrap();
+    let table = conntrack_table(&t.names.node);
+    std::thread::sleep(Duration::from_secs(1));
+    let (rec, _inc) = rec.stop_all();
+    drop(held);
+    let k = kernel(&rec);
+    let node = t.node_inode;
+    let losers = of_kind(&rec, Kind::InsertFailed, node);
+    eprintln!(
+        "{tag}: {} clients, {} connected, insert_failed events {} = kernel {}",
+        r.clients.len(),
+        r.connected(),
+        losers.len(),
+        k.insert_failed
+    );
+    assert_eq!(r.connected(), 0, "the one port is held: {:?}", r.clients);
+    assert_eq!(losers.len() as u64, k.insert_failed);
+    assert!(k.insert_failed >= r.clients.len() as u64);
+    for e in losers {
+        let w = e
+            .winner
+            .known()
+            .unwrap_or_else(|| panic!("no winner named: {e:?} ({:?})", e.winner_unknown));
+        assert_eq!(w.seen, "table", "{e:?}");
+        assert_eq!(w.cpu, None, "a table winner has no allocation CPU: {e:?}");
+        let holder = table
+            .get(&e.reply.unwrap())
+            .expect("the table holds the reply tuple");
+        assert_eq!(&w.orig, holder, "winner of {e:?}");
+    }
+}

@@ -50,15 +50,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
 
     let header = traced.session.header();
     let mut agg = Aggregate::for_netns(Some(header.netns));
-    let stable_confirm = traced
-        .session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = traced.session.correlator();
     let t0 = Instant::now();
     let deadline = t0 + a.duration;
     let mut last_progress = Instant::now();

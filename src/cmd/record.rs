@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
-use crate::incident::{self, Correlator};
+use crate::incident;
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
 use crate::workload::Resolver;
@@ -39,14 +39,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut write_err = None;
 
     // events -> incidents (held ~200 ms to join each story), then the file
-    let stable_confirm = session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = Correlator::new(incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = session.correlator();
     let mut incidents: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut emit = |out: incident::Output,
                     w: &mut Writer,

@@ -208,14 +208,7 @@ fn start_live(
 fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool) {
     let mut last = Instant::now();
     let mut first = true;
-    let stable_confirm = session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = session.correlator();
     while !stop.load(Ordering::Relaxed) {
         let mut out = crate::incident::Output::default();
         if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {

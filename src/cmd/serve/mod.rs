@@ -160,15 +160,7 @@ fn trace(
         })?;
     }
     let mut syms = KernelSymbols::new();
-    let stable_confirm = traced
-        .session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = traced.session.correlator();
     let mut workloads =
         (!a.trace.no_workloads).then(|| crate::workload::Resolver::new(std::path::Path::new("/")));
     // events through the correlation stage, then the file and the counters
