@@ -5,10 +5,11 @@ use std::io;
 use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Tuple;
+use crate::netlink::{attrs, nla, Conn, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 /// The kernel's conntrack statistics, each with its ctnetlink attribute
 /// (CTA_STATS_*): the one list of counter names. CpuStats, KernelCounters,
@@ -124,45 +125,17 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 /// A ctnetlink socket in the network namespace of the thread that opened it.
 pub struct CtNetlink {
-    sock: Socket,
-    seq: u32,
+    conn: Conn,
 }
 
 impl CtNetlink {
     pub fn open() -> Result<CtNetlink> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)
-            .context("cannot open a netfilter netlink socket (needs CAP_NET_ADMIN: run as root)")?;
-        sock.bind_auto()
-            .context("binding the netfilter netlink socket")?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .context("connecting the netfilter netlink socket")?;
-        // a reply that never comes must not hang the caller
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: tv is a live timeval of the size passed; the fd is the socket's.
-        let r = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error()).context("setting a ctnetlink receive timeout");
-        }
-        Ok(CtNetlink { sock, seq: 1 })
+        Ok(CtNetlink {
+            conn: Conn::open(NETLINK_NETFILTER, "netfilter netlink", 5)?,
+        })
     }
 
     /// `dump`: a multi-part answer ended by NLMSG_DONE. Otherwise the kernel
@@ -181,8 +154,7 @@ impl CtNetlink {
         }
     }
 
-    /// One request (nfgenmsg of `family`, then `attrs`) and its answer: the
-    /// messages, or the errno the kernel answered with.
+    /// One ctnetlink request: nfgenmsg of `family`, then `attrs`.
     fn exchange(
         &mut self,
         msg_type: u16,
@@ -190,52 +162,11 @@ impl CtNetlink {
         dump: bool,
         attrs: &[u8],
     ) -> Result<std::result::Result<Vec<Vec<u8>>, i32>> {
-        self.seq += 1;
-        let len = (16 + 4 + attrs.len()) as u32;
-        let mut req = Vec::with_capacity(len as usize);
-        req.extend_from_slice(&len.to_ne_bytes());
-        req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
-        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        req.extend_from_slice(&flags.to_ne_bytes());
-        req.extend_from_slice(&self.seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
         // struct nfgenmsg { family, version NFNETLINK_V0, res_id 0 }
-        req.extend_from_slice(&[family, 0, 0, 0]);
-        req.extend_from_slice(attrs);
-        self.sock
-            .send(&req, 0)
-            .context("sending a ctnetlink request")?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = self
-                .sock
-                .recv(&mut &mut buf[..], 0)
-                .context("reading ctnetlink's answer")?;
-            if n == 0 {
-                bail!("ctnetlink closed the socket");
-            }
-            let mut off = 0;
-            while off + 16 <= n {
-                let mlen = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
-                let mtype = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
-                if mlen < 16 || off + mlen > n {
-                    bail!("malformed ctnetlink message");
-                }
-                match mtype {
-                    NLMSG_DONE => return Ok(Ok(out)),
-                    NLMSG_ERROR => {
-                        if mlen < 20 {
-                            bail!("malformed ctnetlink error message");
-                        }
-                        let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into()?);
-                        return Ok(if code == 0 { Ok(out) } else { Err(-code) });
-                    }
-                    _ => out.push(buf[off..off + mlen].to_vec()),
-                }
-                off += (mlen + 3) & !3;
-            }
-        }
+        let body = [&[family, 0, 0, 0][..], attrs].concat();
+        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        self.conn
+            .exchange((NFNL_SUBSYS_CTNETLINK << 8) | msg_type, flags, &body)
     }
 
     /// The original tuple of the entry whose reply tuple is `reply`
@@ -288,21 +219,6 @@ fn be(v: &[u8]) -> u64 {
     }
 }
 
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        let adv = (len + 3) & !3;
-        b = &b[adv.min(b.len())..];
-    }
-    out
-}
-
 /// One IPCTNL_MSG_CT_GET_STATS_CPU reply: nlmsghdr, nfgenmsg (res_id = cpu), attrs.
 fn parse_cpu(m: &[u8]) -> Result<CpuStats> {
     if m.len() < 20 {
@@ -330,18 +246,6 @@ const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-
-fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(4 + payload.len() + 3);
-    v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(payload);
-    while v.len() % 4 != 0 {
-        v.push(0);
-    }
-    v
-}
 
 /// A GET of the entry whose reply tuple is `t`: (nfgenmsg family, attributes).
 fn tuple_request(proto: u8, t: &Tuple) -> (u8, Vec<u8>) {
