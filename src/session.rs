@@ -170,6 +170,22 @@ impl Session {
         }
     }
 
+    /// The next events (waiting at most `d` for the first), through the
+    /// correlation stage; then the stage's clock moves on to the time up to
+    /// which every event has been read, never to "now": a reader that lags
+    /// (a loaded node, a VM) must not close an incident whose next event is
+    /// still in the ring.
+    pub fn next_output(&self, corr: &mut Correlator, d: Duration) -> incident::Output {
+        let upto = self.pipeline.caught_up_ns();
+        let mut out = incident::Output::default();
+        let first = self.pipeline.recv_timeout(d).unwrap_or_default();
+        for e in first.into_iter().chain(self.pipeline.try_recv_all()) {
+            out.extend(corr.push(e));
+        }
+        out.extend(corr.tick(upto));
+        out
+    }
+
     /// Batches of decoded events, in arrival order per ring buffer.
     pub fn recv_timeout(&self, d: Duration) -> Option<Batch> {
         self.pipeline.recv_timeout(d)

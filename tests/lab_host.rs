@@ -79,6 +79,10 @@ impl Rec {
     }
 
     fn start_with(node: &str, tag: &str, extra: &[&str]) -> Rec {
+        Rec::start_env(node, tag, extra, &[])
+    }
+
+    fn start_env(node: &str, tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Rec {
         let dir = std::env::temp_dir().join(format!("ctrace-lab-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("rec.jsonl");
@@ -88,6 +92,7 @@ impl Rec {
             .args(extra)
             .arg("-o")
             .arg(&file)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1247,4 +1252,52 @@ fn a_winner_older_than_the_trace_is_named_from_the_table() {
             .expect("the table holds the reply tuple");
         assert_eq!(&w.orig, holder, "winner of {e:?}");
     }
+}
+
+/// A reader that lags 2 s behind the ring (a loaded node, a VM: seen in the
+/// VM matrix under TCG) must not split a loser's story: the stage closes by
+/// the time up to which everything has been read, not by "now". Losers'
+/// SYNs come 1 s apart, so a stage that closed by "now" would close each
+/// race after its first failure and open a second one for the retransmit.
+#[test]
+fn a_lagging_reader_keeps_each_losers_story_whole() {
+    require_host!();
+    let _g = common::serial();
+    let tag = "lt-lag";
+    let t = Topology::create(tag, snat::CLIENTS).unwrap();
+    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    let rec = Rec::start_env(
+        &t.names.node,
+        tag,
+        &[],
+        &[("CTRACE_TEST_READER_LAG_MS", "2000")],
+    );
+    let r = snat::run_round(&t, Variant::Deterministic, 0).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let (rec, inc) = rec.stop_all();
+    let k = kernel(&rec);
+    let losers: std::collections::HashSet<_> = of_kind(&rec, Kind::InsertFailed, t.node_inode)
+        .iter()
+        .map(|e| e.orig)
+        .collect();
+    let races: Vec<&Value> = inc.iter().filter(|i| i["kind"] == "snat_race").collect();
+    let sum: u64 = races
+        .iter()
+        .map(|i| i["events"]["insert_failed"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "{tag}: {} clients, {} losers, snat_race incidents {}, their insert_failed {sum} = kernel {}",
+        r.clients.len(),
+        losers.len(),
+        races.len(),
+        k.insert_failed
+    );
+    assert_eq!(losers.len(), r.clients.len() - 1);
+    assert_eq!(
+        races.len(),
+        losers.len(),
+        "one incident per loser: {races:#?}"
+    );
+    assert_eq!(sum, k.insert_failed);
 }

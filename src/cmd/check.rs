@@ -60,12 +60,11 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
             ended_early = true;
             break;
         }
-        if let Some(batch) = traced.session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                agg.add_output(&corr.push(e));
-            }
-        }
-        agg.add_output(&corr.tick(crate::sys::monotonic_ns()));
+        agg.add_output(
+            &traced
+                .session
+                .next_output(&mut corr, Duration::from_millis(100)),
+        );
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             super::run::progress(format!(

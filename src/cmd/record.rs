@@ -83,17 +83,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
                 break;
             }
         }
-        let mut out = incident::Output::default();
-        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                let o = corr.push(e);
-                out.events.extend(o.events);
-                out.incidents.extend(o.incidents);
-            }
-        }
-        let o = corr.tick(crate::sys::monotonic_ns());
-        out.events.extend(o.events);
-        out.incidents.extend(o.incidents);
+        let out = session.next_output(&mut corr, Duration::from_millis(100));
         if let Err(err) = emit(out, &mut w, &mut counts, &mut total, &mut incidents) {
             write_err = Some(err);
         }

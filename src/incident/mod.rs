@@ -122,7 +122,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn extend(&mut self, o: Output) {
+    pub fn extend(&mut self, o: Output) {
         self.events.extend(o.events);
         self.incidents.extend(o.incidents);
     }

@@ -210,17 +210,7 @@ fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool) 
     let mut first = true;
     let mut corr = session.correlator();
     while !stop.load(Ordering::Relaxed) {
-        let mut out = crate::incident::Output::default();
-        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                let o = corr.push(e);
-                out.events.extend(o.events);
-                out.incidents.extend(o.incidents);
-            }
-        }
-        let o = corr.tick(crate::sys::monotonic_ns());
-        out.events.extend(o.events);
-        out.incidents.extend(o.incidents);
+        let out = session.next_output(&mut corr, Duration::from_millis(100));
         if !out.events.is_empty() && tx.send(Msg::Events(out.events)).is_err() {
             return;
         }
