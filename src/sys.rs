@@ -76,3 +76,10 @@ pub fn modprobe(module: &str) {
         .stderr(std::process::Stdio::null())
         .status();
 }
+
+/// A line on stderr that cannot fail the run (the terminal may be gone:
+/// `eprintln!` panics when the write fails, as on a hung-up terminal).
+pub fn say(msg: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}

@@ -507,3 +507,62 @@ fn replay_of_a_large_cut_off_recording_keeps_a_bounded_window_and_warns() {
     t.cmd(&["send-keys", "-t", "t", "q"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The terminal goes away under a live `top --lab` (its tmux server killed,
+/// an ssh session dropped): the hang-up ends it, within seconds, with every
+/// BPF link released and the lab's namespaces removed, not spinning on a dead
+/// terminal forever.
+#[test]
+fn a_hung_up_terminal_ends_top_and_cleans_up() {
+    if !is_root() {
+        eprintln!("skipped: needs root (tracing and the lab's namespaces)");
+        return;
+    }
+    let Some(t) = Tmux::start(
+        "hup",
+        100,
+        30,
+        &format!("exec {} top --lab snat-race", sh_quote(BIN)),
+    ) else {
+        return;
+    };
+    t.wait_for("ctrace top to start", Duration::from_secs(60), |s| {
+        s.contains("LAB snat-race")
+    });
+    let pid: u32 = t.display("#{pane_pid}").parse().unwrap();
+    let t0 = Instant::now();
+    while common::held_ids(pid, "link_id:").is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "ctrace {pid} holds no BPF link"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let links = common::held_ids(pid, "link_id:");
+    t.cmd(&["kill-server"]);
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break; // exited, not reaped yet
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "ctrace top {pid} still runs 20 s after its terminal hung up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "top ended {} ms after the hang-up",
+        t0.elapsed().as_millis()
+    );
+    let alive = common::listed_links();
+    let left: Vec<&u64> = links.iter().filter(|id| alive.contains(id)).collect();
+    assert!(left.is_empty(), "links left after the hang-up: {left:?}");
+    let prefix = format!("ctlab-{pid}-");
+    let ns = common::named_netns(|n| n.starts_with(&prefix));
+    assert!(
+        ns.is_empty(),
+        "lab namespaces left after the hang-up: {ns:?}"
+    );
+}

@@ -52,10 +52,7 @@ pub fn ending_signal() -> Option<&'static str> {
     })
 }
 
-/// A line on stderr that cannot fail the run (the terminal may be gone).
-pub fn say(msg: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
+pub use crate::sys::say;
 
 /// A progress line (no newline) on stderr, same rule.
 pub fn progress(msg: impl std::fmt::Display) {

@@ -296,7 +296,7 @@ impl Background {
             let r = background_loop(kind, &t2, &s2);
             if let Err(e) = &r {
                 if !stopped(&s2) {
-                    eprintln!("ctrace lab: background traffic stopped: {e:#}");
+                    crate::sys::say(format!("ctrace lab: background traffic stopped: {e:#}"));
                 }
             }
             r

@@ -471,9 +471,11 @@ fn remove_stale(prefix: &str) {
         if !["pods", "node", "srv"].contains(&role) || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        eprintln!("ctrace lab: removing netns {name} left by an earlier lab (pid {pid} is gone)");
+        crate::sys::say(format!(
+            "ctrace lab: removing netns {name} left by an earlier lab (pid {pid} is gone)"
+        ));
         if let Err(e) = cmd("ip", &["netns", "del", &name]) {
-            eprintln!("ctrace lab: could not remove {name}: {e:#}");
+            crate::sys::say(format!("ctrace lab: could not remove {name}: {e:#}"));
         }
     }
 }
@@ -486,7 +488,7 @@ impl Drop for Topology {
     fn drop(&mut self) {
         for n in self.created.drain(..).rev() {
             if let Err(e) = cmd("ip", &["netns", "del", &n]) {
-                eprintln!("ctrace lab: could not remove netns {n}: {e:#}");
+                crate::sys::say(format!("ctrace lab: could not remove netns {n}: {e:#}"));
             }
         }
     }

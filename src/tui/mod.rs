@@ -70,11 +70,16 @@ pub fn run(a: &TopArgs) -> Result<i32> {
         l.resume();
     }
     let mut app = App::new(info);
-    let res = ui_loop(&mut app, rx, tx, a.interval, &stop, None);
+    // Whatever the view does (a panic included), the session detaches and
+    // the lab is removed before the run ends.
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ui_loop(&mut app, rx, tx, a.interval, &stop, None)
+    }));
     stop.store(true, Ordering::Relaxed);
     // rx is gone with ui_loop: a session thread blocked on a full channel wakes up
     let joined = session.join();
     drop(lab);
+    let res = res.unwrap_or_else(|p| std::panic::resume_unwind(p));
     res?;
     joined.map_err(|_| anyhow!("the tracing session thread panicked"))?;
     Ok(crate::exit::OK)
@@ -264,7 +269,10 @@ pub fn restore_terminal() {
 /// Owns the terminal while the TUI runs; restores it on drop and, through a
 /// panic hook, when anything panics.
 pub struct TerminalGuard {
-    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+    /// Never dropped: ratatui's Terminal shows the cursor on drop and
+    /// `eprintln!`s (a panic) when that fails, as it does on a terminal that
+    /// hung up; [`restore_terminal`] does the same without failing.
+    pub terminal: std::mem::ManuallyDrop<Terminal<CrosstermBackend<Stdout>>>,
 }
 
 impl TerminalGuard {
@@ -283,7 +291,9 @@ impl TerminalGuard {
             execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide)?;
             let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
             terminal.clear()?;
-            Ok(TerminalGuard { terminal })
+            Ok(TerminalGuard {
+                terminal: std::mem::ManuallyDrop::new(terminal),
+            })
         })();
         if guard.is_err() {
             restore_terminal();
@@ -408,7 +418,16 @@ fn ui_loop(
     })();
     input_stop.store(true, Ordering::Relaxed);
     drop(rx);
-    let _ = input.join();
+    // A terminal that hung up (its tmux or ssh gone) can leave crossterm's
+    // read spinning on end-of-file, where the input thread never sees its
+    // stop flag: wait a little, then leave it; the process is ending.
+    let t0 = Instant::now();
+    while !input.is_finished() && t0.elapsed() < Duration::from_millis(300) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if input.is_finished() {
+        let _ = input.join();
+    }
     drop(guard);
     res
 }
