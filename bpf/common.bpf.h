@@ -69,6 +69,12 @@ static __always_inline void ct_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
+/* Zeroes only what some kind may leave unset: the head (addresses, kind, cpu,
+ * netns, reason codes, seq/ack), the small fields and the original tuple.
+ * Not the window bounds (td_*, bound: read only with CT_F_WINDOW or a logged
+ * window reason, and written by the window path), the reply tuple (read only
+ * with CT_F_REPLY, which ct_read_conn sets after writing all of it) or the
+ * reason text past its first byte (read only as a C string): 133 of 248 bytes. */
 static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 {
 	struct ct_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -77,7 +83,10 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 		ct_lost();
 		return NULL;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
+	__builtin_memset(e, 0, __builtin_offsetof(struct ct_event, td_end));
+	__builtin_memset(&e->win, 0,
+			 __builtin_offsetof(struct ct_event, reply) - __builtin_offsetof(struct ct_event, win));
+	e->reason_text[0] = 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
 	e->cpu = bpf_get_smp_processor_id();
@@ -86,17 +95,33 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 	return e;
 }
 
-/* Hands a record to user space, waking the reader only once a sixteenth of the
- * ring is queued. A wakeup is an irq_work, raised by a self-IPI: under
- * virtualization a VM exit, which cost several microseconds per event and made
- * every emitting program 10x slower (bench/RESULTS.md). The reader polls with a
- * timeout and drains the ring after each one, so no record waits longer than
- * that timeout. */
+/* Forced wake-ups of the reader: at most one per CT_WAKE_GAP_NS per object. */
+#define CT_WAKE_GAP_NS 1000000ULL
+
+/* When this object last forced a wake-up (its .bss: a plain store, shared by
+ * the CPUs; a race costs at most one extra wake-up). */
+__u64 ct_last_wake = 0;
+
+/* Hands a record to user space without waking the reader (BPF_RB_NO_WAKEUP).
+ * A wake-up is an irq_work raised by a self-IPI: under virtualization a VM
+ * exit, several microseconds. The reader instead polls with a timeout
+ * (src/pipeline.rs, POLL_TIMEOUT: 25 ms) and drains the ring after each one,
+ * which bounds the latency of any record to that timeout plus one drain.
+ * A burst that queues more than a sixteenth of the ring forces a wake-up so
+ * that the reader starts early — but at most one per CT_WAKE_GAP_NS: before,
+ * every submit past the threshold forced one until the reader had drained
+ * (a wake-up storm: 28-35 % of sym_kfree_skb's samples in
+ * arch_irq_work_raise at 100k drops/s, and lost records under load). */
 static __always_inline void ct_submit(struct ct_event *e)
 {
 	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	bpf_ringbuf_submit(e, queued >= ring_bytes / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	if (queued >= ring_bytes / 16 && e->ts_ns - ct_last_wake >= CT_WAKE_GAP_NS) {
+		ct_last_wake = e->ts_ns;
+		flags = BPF_RB_FORCE_WAKEUP;
+	}
+	bpf_ringbuf_submit(e, flags);
 }
 
 /* No pid, comm or cgroup in the record: none of the conntrack hooks is known
