@@ -141,9 +141,36 @@ static __always_inline void ct_submit(struct ct_event *e)
 
 #define CT_TH_U16(th, f) ({ __u16 __v; __builtin_memcpy(&__v, (th) + CT_TH_OFF(f), 2); __v; })
 
+/* Conntrack entries reached through a scalar (skb->_nfct, a kprobe's
+ * register) are not BTF pointers: each read was a bpf_probe_read_kernel
+ * (23 % of nat_nf's samples). Where struct nf_conn is in vmlinux BTF
+ * (conntrack built in) and the kernel has bpf_rdonly_cast (6.2+), user space
+ * gives the type's id in ct_btf_id (src/probe/features.rs: not a CO-RE
+ * type-id relocation, which nf_conn___init makes ambiguous) and the entry is cast to
+ * a read-only BTF pointer: its fields are then plain loads (faults handled
+ * like a probe read, no helper call). Elsewhere (conntrack a module: its
+ * types live in module BTF, which bpf_rdonly_cast does not take) the CO-RE
+ * helper reads stay. ct_btf_id is rodata: the verifier drops the other
+ * branch, and the weak kfunc may be absent where it is 0. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+const volatile __u32 ct_btf_id = 0;
+
+#define ct_cast (ct_btf_id != 0)
+#define CT_CAST(ct) ((struct nf_conn *)bpf_rdonly_cast((ct), ct_btf_id))
+
 static __always_inline __u32 ct_netns_of(struct nf_conn *ct)
 {
+	if (ct_cast)
+		return CT_CAST(ct)->ct_net.net->ns.inum;
 	return BPF_CORE_READ(ct, ct_net.net, ns.inum);
+}
+
+static __always_inline unsigned long ct_status(struct nf_conn *ct)
+{
+	if (ct_cast)
+		return CT_CAST(ct)->status;
+	return BPF_CORE_READ(ct, status);
 }
 
 /* Fill family, protocol and both tuples from a conntrack entry. */
@@ -153,6 +180,24 @@ static __always_inline void ct_read_conn(struct ct_event *e, struct nf_conn *ct)
 	__u16 l3;
 
 	e->ct = (__u64)ct;
+	if (ct_cast) {
+		struct nf_conn *c = CT_CAST(ct);
+		struct nf_conntrack_tuple *o = &c->tuplehash[0].tuple;
+		struct nf_conntrack_tuple *r = &c->tuplehash[1].tuple;
+
+		e->family = o->src.l3num == AF_INET6 ? 6 : 4;
+		e->proto = o->dst.protonum;
+		__builtin_memcpy(e->orig.src, &o->src.u3, 16);
+		__builtin_memcpy(e->orig.dst, &o->dst.u3, 16);
+		e->orig.sport = bpf_ntohs(o->src.u.all);
+		e->orig.dport = bpf_ntohs(o->dst.u.all);
+		__builtin_memcpy(e->reply.src, &r->src.u3, 16);
+		__builtin_memcpy(e->reply.dst, &r->dst.u3, 16);
+		e->reply.sport = bpf_ntohs(r->src.u.all);
+		e->reply.dport = bpf_ntohs(r->dst.u.all);
+		e->flags |= CT_F_REPLY;
+		return;
+	}
 	if (bpf_probe_read_kernel(th, sizeof(th), &ct->tuplehash))
 		return;
 	l3 = CT_TH_U16(th, tuplehash[0].tuple.src.l3num);
