@@ -69,6 +69,12 @@ static __always_inline void ct_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
+/* Zeroes only what some kind may leave unset: the head (addresses, kind, cpu,
+ * netns, reason codes, seq/ack), the small fields and the original tuple.
+ * Not the window bounds (td_*, bound: read only with CT_F_WINDOW or a logged
+ * window reason, and written by the window path), the reply tuple (read only
+ * with CT_F_REPLY, which ct_read_conn sets after writing all of it) or the
+ * reason text past its first byte (read only as a C string): 133 of 248 bytes. */
 static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 {
 	struct ct_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -77,7 +83,10 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 		ct_lost();
 		return NULL;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
+	__builtin_memset(e, 0, __builtin_offsetof(struct ct_event, td_end));
+	__builtin_memset(&e->win, 0,
+			 __builtin_offsetof(struct ct_event, reply) - __builtin_offsetof(struct ct_event, win));
+	e->reason_text[0] = 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
 	e->cpu = bpf_get_smp_processor_id();
@@ -86,17 +95,33 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 	return e;
 }
 
-/* Hands a record to user space, waking the reader only once a sixteenth of the
- * ring is queued. A wakeup is an irq_work, raised by a self-IPI: under
- * virtualization a VM exit, which cost several microseconds per event and made
- * every emitting program 10x slower (bench/RESULTS.md). The reader polls with a
- * timeout and drains the ring after each one, so no record waits longer than
- * that timeout. */
+/* Forced wake-ups of the reader: at most one per CT_WAKE_GAP_NS per object. */
+#define CT_WAKE_GAP_NS 1000000ULL
+
+/* When this object last forced a wake-up (its .bss: a plain store, shared by
+ * the CPUs; a race costs at most one extra wake-up). */
+__u64 ct_last_wake = 0;
+
+/* Hands a record to user space without waking the reader (BPF_RB_NO_WAKEUP).
+ * A wake-up is an irq_work raised by a self-IPI: under virtualization a VM
+ * exit, several microseconds. The reader instead polls with a timeout
+ * (src/pipeline.rs, POLL_TIMEOUT: 25 ms) and drains the ring after each one,
+ * which bounds the latency of any record to that timeout plus one drain.
+ * A burst that queues more than a sixteenth of the ring forces a wake-up so
+ * that the reader starts early — but at most one per CT_WAKE_GAP_NS: before,
+ * every submit past the threshold forced one until the reader had drained
+ * (a wake-up storm: 28-35 % of sym_kfree_skb's samples in
+ * arch_irq_work_raise at 100k drops/s, and lost records under load). */
 static __always_inline void ct_submit(struct ct_event *e)
 {
 	__u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	bpf_ringbuf_submit(e, queued >= ring_bytes / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	if (queued >= ring_bytes / 16 && e->ts_ns - ct_last_wake >= CT_WAKE_GAP_NS) {
+		ct_last_wake = e->ts_ns;
+		flags = BPF_RB_FORCE_WAKEUP;
+	}
+	bpf_ringbuf_submit(e, flags);
 }
 
 /* No pid, comm or cgroup in the record: none of the conntrack hooks is known
@@ -116,9 +141,36 @@ static __always_inline void ct_submit(struct ct_event *e)
 
 #define CT_TH_U16(th, f) ({ __u16 __v; __builtin_memcpy(&__v, (th) + CT_TH_OFF(f), 2); __v; })
 
+/* Conntrack entries reached through a scalar (skb->_nfct, a kprobe's
+ * register) are not BTF pointers: each read was a bpf_probe_read_kernel
+ * (23 % of nat_nf's samples). Where struct nf_conn is in vmlinux BTF
+ * (conntrack built in) and the kernel has bpf_rdonly_cast (6.2+), user space
+ * gives the type's id in ct_btf_id (src/probe/features.rs: not a CO-RE
+ * type-id relocation, which nf_conn___init makes ambiguous) and the entry is cast to
+ * a read-only BTF pointer: its fields are then plain loads (faults handled
+ * like a probe read, no helper call). Elsewhere (conntrack a module: its
+ * types live in module BTF, which bpf_rdonly_cast does not take) the CO-RE
+ * helper reads stay. ct_btf_id is rodata: the verifier drops the other
+ * branch, and the weak kfunc may be absent where it is 0. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+const volatile __u32 ct_btf_id = 0;
+
+#define ct_cast (ct_btf_id != 0)
+#define CT_CAST(ct) ((struct nf_conn *)bpf_rdonly_cast((ct), ct_btf_id))
+
 static __always_inline __u32 ct_netns_of(struct nf_conn *ct)
 {
+	if (ct_cast)
+		return CT_CAST(ct)->ct_net.net->ns.inum;
 	return BPF_CORE_READ(ct, ct_net.net, ns.inum);
+}
+
+static __always_inline unsigned long ct_status(struct nf_conn *ct)
+{
+	if (ct_cast)
+		return CT_CAST(ct)->status;
+	return BPF_CORE_READ(ct, status);
 }
 
 /* Fill family, protocol and both tuples from a conntrack entry. */
@@ -128,6 +180,24 @@ static __always_inline void ct_read_conn(struct ct_event *e, struct nf_conn *ct)
 	__u16 l3;
 
 	e->ct = (__u64)ct;
+	if (ct_cast) {
+		struct nf_conn *c = CT_CAST(ct);
+		struct nf_conntrack_tuple *o = &c->tuplehash[0].tuple;
+		struct nf_conntrack_tuple *r = &c->tuplehash[1].tuple;
+
+		e->family = o->src.l3num == AF_INET6 ? 6 : 4;
+		e->proto = o->dst.protonum;
+		__builtin_memcpy(e->orig.src, &o->src.u3, 16);
+		__builtin_memcpy(e->orig.dst, &o->dst.u3, 16);
+		e->orig.sport = bpf_ntohs(o->src.u.all);
+		e->orig.dport = bpf_ntohs(o->dst.u.all);
+		__builtin_memcpy(e->reply.src, &r->src.u3, 16);
+		__builtin_memcpy(e->reply.dst, &r->dst.u3, 16);
+		e->reply.sport = bpf_ntohs(r->src.u.all);
+		e->reply.dport = bpf_ntohs(r->dst.u.all);
+		e->flags |= CT_F_REPLY;
+		return;
+	}
 	if (bpf_probe_read_kernel(th, sizeof(th), &ct->tuplehash))
 		return;
 	l3 = CT_TH_U16(th, tuplehash[0].tuple.src.l3num);

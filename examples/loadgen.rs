@@ -6,6 +6,9 @@
 //!   loadgen conn  ADDR:PORT -d SECS [-t THREADS] connect + close (RST) loop
 //!   loadgen syn   ADDR:PORT -d SECS [-r RATE]    non-blocking connect + close:
 //!                                                exactly one SYN per socket
+//!   loadgen synhold ADDR:PORT -d SECS [-r RATE] non-blocking connect, socket
+//!                                                held 1.5 s: one SYN retransmit
+//!                                                each (the first RTO is 1 s)
 //!   loadgen udp   ADDR -d SECS [-r RATE] [-s SOCKETS] [-n MAXPKTS]
 //!                 one datagram per new 5-tuple: SOCKETS source ports x
 //!                 65535 destination ports (sendmmsg, batches of 64)
@@ -32,7 +35,7 @@ struct Opts {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: loadgen serve|conn|syn|udp ADDR[:PORT] [-d SECS] [-t THREADS] [-r RATE] [-s SOCKETS] [-n MAX]");
+    eprintln!("usage: loadgen serve|conn|syn|synhold|udp ADDR[:PORT] [-d SECS] [-t THREADS] [-r RATE] [-s SOCKETS] [-n MAX]");
     std::process::exit(2)
 }
 
@@ -155,6 +158,27 @@ fn conn(o: &Opts) -> u64 {
 }
 
 fn syn(o: &Opts) -> u64 {
+    syn_loop(o, None)
+}
+
+/// SYN_SENT sockets kept open long enough for one retransmit each.
+fn synhold(o: &Opts) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain rlimit calls on a struct owned here.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    syn_loop(o, Some(Duration::from_millis(1500)))
+}
+
+fn syn_loop(o: &Opts, hold: Option<Duration>) -> u64 {
+    let mut held: std::collections::VecDeque<(Instant, i32)> = Default::default();
     let addr: SocketAddrV4 = o.target.parse().expect("ADDR:PORT");
     let sa = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
@@ -184,11 +208,32 @@ fn syn(o: &Opts) -> u64 {
                     &sa as *const _ as *const libc::sockaddr,
                     std::mem::size_of::<libc::sockaddr_in>() as u32,
                 );
-                libc::close(fd); // SYN_SENT -> CLOSE: nothing more is sent
+                match hold {
+                    Some(_) => held.push_back((Instant::now(), fd)),
+                    None => {
+                        libc::close(fd); // SYN_SENT -> CLOSE: nothing more is sent
+                    }
+                }
             }
             n += 1;
         }
+        if let Some(h) = hold {
+            while held.front().is_some_and(|(t, _)| t.elapsed() >= h) {
+                if let Some((_, fd)) = held.pop_front() {
+                    // SAFETY: a descriptor opened above, closed once.
+                    unsafe { libc::close(fd) };
+                }
+            }
+        }
         pace(t0, n, o.rate);
+    }
+    if let Some(h) = hold {
+        // the last sockets retransmit too before they close
+        std::thread::sleep(h);
+    }
+    for (_, fd) in held {
+        // SAFETY: a descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
     }
     n
 }
@@ -258,6 +303,7 @@ fn main() {
         }
         "conn" => conn(&o),
         "syn" => syn(&o),
+        "synhold" => synhold(&o),
         "udp" => udp(&o),
         _ => usage(),
     };

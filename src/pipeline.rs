@@ -70,6 +70,16 @@ impl EnumNames for BtfNames {
 /// silently. ~400 B per event: about 50 MiB.
 pub const MAX_QUEUED_EVENTS: u64 = 131_072;
 
+/// How long the reader sleeps when nothing woke it. The BPF side submits
+/// without a wake-up (`ct_submit` in bpf/common.bpf.h: a wake-up is a
+/// self-IPI, a VM exit under virtualization) and forces one only when a burst
+/// has queued a sixteenth of the ring, at most once a millisecond per object.
+/// So a lone record reaches user space at most this long after it was
+/// written, plus one drain of the ring (a full 4 MiB ring, 16k records, is
+/// decoded in ~5 ms): worst case under 35 ms on a machine that runs the
+/// reader when it wakes. `tests/latency_host.rs` checks < 100 ms.
+pub const POLL_TIMEOUT: Duration = Duration::from_millis(25);
+
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -149,12 +159,12 @@ impl Pipeline {
                     .and_then(|v| v.parse().ok())
                     .map(Duration::from_millis);
                 while !stop2.load(Ordering::Relaxed) {
-                    retry(rb.poll(Duration::from_millis(50)))?;
+                    retry(rb.poll(POLL_TIMEOUT))?;
                     if let Some(lag) = lag {
                         std::thread::sleep(lag);
                     }
-                    // the BPF side wakes us only once a sixteenth of a ring is
-                    // queued (ct_submit): drain what arrived without a wakeup
+                    // the BPF side rarely wakes us (ct_submit): drain what
+                    // arrived without a wake-up
                     let t = crate::sys::monotonic_ns();
                     retry(rb.consume())?;
                     if !flush() {

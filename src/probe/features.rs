@@ -68,11 +68,12 @@ pub fn detect_static_at(root: &Path, wanted: &[&str]) -> Features {
             }
         }
     }
+    let btf_path = root.join("sys/kernel/btf/vmlinux");
+    let (kfree_skb_reason, tcp_send_reset_nosk, ct_cast) = btf_facts(&btf_path);
     if root == Path::new("/") {
         let _ = RESET_FNS.set(reset_fn_ranges_in(&kallsyms));
+        let _ = CT_CAST.set(ct_cast);
     }
-    let btf_path = root.join("sys/kernel/btf/vmlinux");
-    let (kfree_skb_reason, tcp_send_reset_nosk) = btf_facts(&btf_path);
     Features {
         kernel: crate::sys::kernel_release(),
         arch: std::env::consts::ARCH.to_string(),
@@ -88,6 +89,19 @@ pub fn detect_static_at(root: &Path, wanted: &[&str]) -> Features {
 }
 
 static RESET_FNS: std::sync::OnceLock<[u64; 4]> = std::sync::OnceLock::new();
+static CT_CAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The vmlinux BTF id of `struct nf_conn` when BPF can cast a conntrack
+/// entry to it (`ct_btf_id` in bpf/common.bpf.h), else 0: only where the type
+/// is in vmlinux BTF (conntrack built in: a module's types are in module BTF,
+/// which `bpf_rdonly_cast` does not take) and the kfunc exists (6.2+). Given
+/// from here, not by a CO-RE type-id relocation: vmlinux also has
+/// `nf_conn___init` (the conntrack kfuncs' flavour), which makes that
+/// relocation ambiguous. Read from the kernel's BTF once per process (the
+/// feature scan fills it on the way).
+pub fn ct_btf_id() -> u32 {
+    *CT_CAST.get_or_init(|| btf_facts(Path::new("/sys/kernel/btf/vmlinux")).2)
+}
 
 /// `[start, end)` of `tcp_v4_send_reset` and of `tcp_v6_send_reset` on the
 /// running kernel (zeros where unknown): the symptoms probe reports a host
@@ -140,14 +154,15 @@ pub fn reset_fn_ranges_in(kallsyms: &str) -> [u64; 4] {
     [v4, e4, v6, e6]
 }
 
-/// Reads two facts from the kernel's BTF: does kfree_skb's tracepoint have a
-/// reason (3+ arguments), and does `enum sk_rst_reason` exist (6.10+, where
-/// tcp_send_reset also fires for the RST sent without a socket).
-fn btf_facts(path: &Path) -> (bool, bool) {
-    use libbpf_rs::btf::types::{Enum, FuncProto, Typedef};
+/// Reads three facts from the kernel's BTF: does kfree_skb's tracepoint have
+/// a reason (3+ arguments), does `enum sk_rst_reason` exist (6.10+, where
+/// tcp_send_reset also fires for the RST sent without a socket), and can an
+/// nf_conn be cast with bpf_rdonly_cast ([`ct_btf_id`]).
+fn btf_facts(path: &Path) -> (bool, bool, u32) {
+    use libbpf_rs::btf::types::{Enum, Func, FuncProto, Struct, Typedef};
     use libbpf_rs::btf::{Btf, BtfKind};
     let Ok(btf) = Btf::from_path(path) else {
-        return (false, false);
+        return (false, false, 0);
     };
     let reason = btf
         .type_by_name::<Typedef>("btf_trace_kfree_skb")
@@ -165,7 +180,11 @@ fn btf_facts(path: &Path) -> (bool, bool) {
         .map(|p| p.len() >= 4) // (void *ctx, skb, location, reason, ...)
         .unwrap_or(false);
     let rst = btf.type_by_name::<Enum>("sk_rst_reason").is_some();
-    (reason, rst)
+    let cast = match btf.type_by_name::<Struct>("nf_conn") {
+        Some(t) if btf.type_by_name::<Func>("bpf_rdonly_cast").is_some() => u32::from(t.type_id()),
+        _ => 0,
+    };
+    (reason, rst, cast)
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ macro_rules! open_probe_object {
             ro.filter_netns = cfg.netns;
             ro.ring_bytes = u64::from(cfg.ring_bytes);
             ro.rst_fns = $crate::probe::features::reset_fn_ranges();
+            ro.ct_btf_id = $crate::probe::features::ct_btf_id();
         }
         open.maps
             .events

@@ -33,7 +33,7 @@ static __always_inline void confirm_enter(struct sk_buff *skb)
 	ct = ct_of_skb(skb);
 	s->skb = (__u64)skb;
 	s->nfct = (__u64)ct;
-	s->status = ct ? BPF_CORE_READ(ct, status) : 0;
+	s->status = ct ? ct_status(ct) : 0;
 }
 
 static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_conn *ct,
@@ -50,7 +50,7 @@ static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_con
 	e->netns = netns;
 	e->reason = reason;
 	ct_read_conn(e, ct);
-	ct_nat_port(e, BPF_CORE_READ(ct, status));
+	ct_nat_port(e, ct_status(ct));
 	ct_submit(e);
 }
 
@@ -77,7 +77,7 @@ static __always_inline void confirm_exit(struct sk_buff *skb, int ret, __u8 sour
 		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_MERGED, now, source);
 		return;
 	}
-	if (!(s->status & IPS_NAT_CLASH) && (BPF_CORE_READ(ct, status) & IPS_NAT_CLASH))
+	if (!(s->status & IPS_NAT_CLASH) && (ct_status(ct) & IPS_NAT_CLASH))
 		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_NAT_HARDER, ct, source);
 }
 
@@ -156,7 +156,7 @@ int confirm_nf(struct bpf_nf_ctx *ctx)
 	__u32 netns;
 
 	if (!ct || !ct_info_may_be_unconfirmed(nfct) ||
-	    (BPF_CORE_READ(ct, status) & IPS_CONFIRMED))
+	    (ct_status(ct) & IPS_CONFIRMED))
 		return NF_ACCEPT;
 	netns = ctx->state->net->ns.inum;
 	if (!ct_netns_wanted(netns))
@@ -225,7 +225,7 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	e = ct_reserve(CT_KIND_INSERT_FAILED, CT_SRC_NETFILTER);
 	if (!e)
 		return 0;
-	status = BPF_CORE_READ(ct, status);
+	status = ct_status(ct);
 	e->netns = p->netns;
 	e->hook = p->hook;
 	e->reason = (status & IPS_DYING) ? CT_R_CONFIRM_DYING : CT_R_CONFIRM_DROP;

@@ -9,7 +9,7 @@
 static __always_inline void nat_emit(struct nf_conn *ct, __u32 maniptype, __u32 range_flags,
 				     __u8 source)
 {
-	unsigned long status = BPF_CORE_READ(ct, status);
+	unsigned long status = ct_status(ct);
 	unsigned long bit = maniptype == 0 ? IPS_SRC_NAT : IPS_DST_NAT;
 	__u32 netns = ct_netns_of(ct);
 	struct ct_event *e;
@@ -96,7 +96,7 @@ int nat_nf(struct bpf_nf_ctx *ctx)
 
 	if (!ct || !ct_info_may_be_unconfirmed(nfct))
 		return NF_ACCEPT;
-	status = BPF_CORE_READ(ct, status);
+	status = ct_status(ct);
 	if ((status & IPS_CONFIRMED) || !(status & (IPS_SRC_NAT | IPS_DST_NAT)))
 		return NF_ACCEPT;
 	netns = ctx->state->net->ns.inum;
