@@ -175,6 +175,15 @@ pub struct ServeArgs {
     /// With --record: keep at most this many files (the oldest are removed).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub record_max_files: usize,
+    /// With --record: beside each recording file, a pcapng of its offending
+    /// packets (as `record --pcap`: same name, `.pcapng`; frames numbered per
+    /// file), removed with it.
+    #[arg(long, requires = "record")]
+    pub pcap: bool,
+    /// With --pcap: bytes captured of each packet, from its IP header on.
+    #[arg(long, default_value_t = 256, value_name = "BYTES", requires = "pcap",
+          value_parser = clap::value_parser!(u32).range(1..=1504))]
+    pub snaplen: u32,
     /// Label failure and incident counters with namespace and workload.
     #[arg(long)]
     pub workload_labels: bool,
