@@ -36,8 +36,11 @@ static __always_inline void confirm_enter(struct sk_buff *skb)
 	s->status = ct ? BPF_CORE_READ(ct, status) : 0;
 }
 
-/* skb: the dropped packet, whose bytes an insert failure carries (NULL for a
- * resolved clash, whose packet went on) */
+/* skb: the dropped packet, whose bytes an insert failure carries (a resolved
+ * clash's packet went on). Whether there is room for them follows from the
+ * kind, a constant at each inlined call: a test of skb would not do, as clang
+ * may load it again from the map, and the verifier would then see a capture
+ * into a record reserved without room. */
 static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_conn *ct,
 					 struct sk_buff *skb, __u8 source)
 {
@@ -46,7 +49,7 @@ static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_con
 
 	if (!ct_netns_wanted(netns))
 		return;
-	e = skb ? ct_reserve_pkt(kind, source) : ct_reserve(kind, source);
+	e = kind == CT_KIND_INSERT_FAILED ? ct_reserve_pkt(kind, source) : ct_reserve(kind, source);
 	if (!e)
 		return;
 	e->netns = netns;
@@ -54,7 +57,8 @@ static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_con
 	ct_read_conn(e, ct);
 	ct_nat_port(e, BPF_CORE_READ(ct, status));
 	/* the skb was remembered as a number: read through the helper */
-	ct_capture(e, skb, false);
+	if (kind == CT_KIND_INSERT_FAILED)
+		ct_capture(e, skb, false);
 	ct_submit(e);
 }
 

@@ -150,6 +150,7 @@ static __always_inline void win_exit(int ret, __u8 source)
 	struct nf_conn *ct;
 	struct ct_event *e;
 	__u32 kind, netns;
+	bool cap;
 
 	if (!s || !s->active)
 		return;
@@ -170,9 +171,10 @@ static __always_inline void win_exit(int ret, __u8 source)
 	netns = ct_netns_of(ct);
 	if (!ct_netns_wanted(netns))
 		return;
-	/* the segment itself, except where be_liberal let it through */
-	e = ret <= 0 || kind == CT_KIND_TCP_IGNORED ? ct_reserve_pkt(kind, source)
-						    : ct_reserve(kind, source);
+	/* the segment itself, except where be_liberal let it through; decided
+	 * once, so that the record has room wherever the capture runs */
+	cap = ret <= 0 || kind == CT_KIND_TCP_IGNORED;
+	e = cap ? ct_reserve_pkt(kind, source) : ct_reserve(kind, source);
 	if (!e)
 		return;
 	ct_read_conn(e, ct);
@@ -198,7 +200,7 @@ static __always_inline void win_exit(int ret, __u8 source)
 	} else {
 		e->reason = CT_R_WIN_UNLOGGED;
 	}
-	if (ret <= 0 || kind == CT_KIND_TCP_IGNORED)
+	if (cap)
 		ct_capture(e, (struct sk_buff *)s->skb, false);
 	ct_submit(e);
 }
