@@ -136,11 +136,14 @@ impl<W: Write> PcapWriter<W> {
                 id
             }
         };
+        // BPF's room is the snap length rounded up to 8: the interface
+        // promises the snap length itself
+        let data = &p.data[..p.data.len().min(self.snaplen as usize)];
         let epb = EnhancedPacketBlock {
             interface_id: id,
             timestamp: Duration::from_nanos(self.wall_ns(e.ts_ns)),
             original_len: p.len.max(p.data.len() as u32),
-            data: p.data.as_slice().into(),
+            data: data.into(),
             options: vec![EnhancedPacketOption::Comment(comment(e).into())],
         };
         self.w
@@ -365,6 +368,18 @@ mod tests {
         );
         let ids: Vec<u32> = frames.iter().map(|f| f.0).collect();
         assert_eq!(ids, [0, 1, 2, 0]);
+        // never more than the snap length, whatever BPF's rounded room held
+        let mut w = PcapWriter::new(Vec::new(), "buf".into(), 35, &h).unwrap();
+        w.packet(&a).unwrap();
+        let bytes = w.into_inner();
+        let mut r = PcapNgReader::new(bytes.as_slice()).unwrap();
+        let mut lens = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                lens.push((p.data.len(), p.original_len));
+            }
+        }
+        assert_eq!(lens, [(35, 60)]);
         // 14:00:00.25 + (1.500000123 - 1) s
         let start = unix_ns("2026-12-01T14:00:00.250000Z");
         assert_eq!(frames[0].1, Duration::from_nanos(start + 500_000_123));
