@@ -49,6 +49,8 @@ struct Frame {
     /// "1796135623.543713456"
     time_epoch: String,
     interface: String,
+    /// tshark's `tcp.flags.str`: "··········S·"
+    tcp_flags: String,
 }
 
 fn tshark_frames(file: &std::path::Path) -> Vec<Frame> {
@@ -70,6 +72,8 @@ fn tshark_frames(file: &std::path::Path) -> Vec<Frame> {
             "frame.time_epoch",
             "-e",
             "frame.interface_name",
+            "-e",
+            "tcp.flags.str",
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -80,13 +84,14 @@ fn tshark_frames(file: &std::path::Path) -> Vec<Frame> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            assert_eq!(f.len(), 5, "tshark line {l:?}");
+            assert_eq!(f.len(), 6, "tshark line {l:?}");
             Frame {
                 number: f[0].parse().unwrap(),
                 comment: f[1].to_string(),
                 seq_raw: f[2].parse().ok(),
                 time_epoch: f[3].to_string(),
                 interface: f[4].to_string(),
+                tcp_flags: f[5].to_string(),
             }
         })
         .collect()
@@ -99,13 +104,14 @@ fn epoch_ns(s: &str) -> u64 {
     secs.parse::<u64>().unwrap() * 1_000_000_000 + frac[..9].parse::<u64>().unwrap()
 }
 
-#[test]
-fn record_pcap_of_the_invalid_rst_lab_reads_back_in_tshark() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("ctrace-pcap-host-{}", std::process::id()));
+/// The labs are timing-sensitive: one at a time in this binary.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `record --lab LAB --pcap`, then every check of the module's doc on its
+/// output; returns the recording and the frames.
+fn record_lab_and_check(lab: &str) -> (ctrace::record::Recording, Vec<Frame>) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ctrace-pcap-host-{lab}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (jsonl, pcap) = (dir.join("rec.jsonl"), dir.join("rec.pcapng"));
@@ -116,7 +122,7 @@ fn record_pcap_of_the_invalid_rst_lab_reads_back_in_tshark() {
             "--ringbuf-mb",
             "64",
             "--lab",
-            "invalid-rst",
+            lab,
             "-d",
             "8s",
             "--snaplen",
@@ -155,20 +161,14 @@ fn record_pcap_of_the_invalid_rst_lab_reads_back_in_tshark() {
         .filter(|e| CAPTURED.contains(&e.kind))
         .collect();
     let frames = tshark_frames(&pcap);
+    let by_kind = |k: Kind| captured.iter().filter(|e| e.kind == k).count();
     eprintln!(
-        "record --pcap: {} frames, {} events of the captured kinds ({} tcp_invalid)",
+        "record --lab {lab} --pcap: {} frames, {} events of the captured kinds ({} insert_failed, {} tcp_invalid, {} host_rst)",
         frames.len(),
         captured.len(),
-        captured
-            .iter()
-            .filter(|e| e.kind == Kind::TcpInvalid)
-            .count()
-    );
-    // the lab's out-of-window segment is INVALID on every kernel (SEQ over
-    // the upper bound): at least one such frame
-    assert!(
-        captured.iter().any(|e| e.kind == Kind::TcpInvalid),
-        "no tcp_invalid event recorded"
+        by_kind(Kind::InsertFailed),
+        by_kind(Kind::TcpInvalid),
+        by_kind(Kind::HostRst),
     );
     assert_eq!(frames.len(), captured.len(), "frames vs events");
     // events of other kinds carry no frame
@@ -201,9 +201,9 @@ fn record_pcap_of_the_invalid_rst_lab_reads_back_in_tshark() {
             "frame {n} on {}",
             f.interface
         );
-        if e.proto == "tcp" {
-            let seq = e.tcp.as_ref().map(|t| t.seq);
-            assert_eq!(f.seq_raw, seq, "frame {n} ({}): TCP seq", e.kind);
+        // the events that carry a TCP header (insert_failed has none)
+        if let Some(t) = &e.tcp {
+            assert_eq!(f.seq_raw, Some(t.seq), "frame {n} ({}): TCP seq", e.kind);
         }
         let want = (start_wall as i128 + e.ts_ns as i128 - header.start_mono_ns as i128) as u64;
         assert_eq!(
@@ -213,4 +213,61 @@ fn record_pcap_of_the_invalid_rst_lab_reads_back_in_tshark() {
         );
     }
     std::fs::remove_dir_all(&dir).ok();
+    (rec, frames)
+}
+
+#[test]
+fn record_pcap_of_the_invalid_rst_lab_reads_back_in_tshark() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (rec, _) = record_lab_and_check("invalid-rst");
+    // the lab's out-of-window segment is INVALID on every kernel (SEQ over
+    // the upper bound): at least one such frame, and the node's RST
+    for k in [Kind::TcpInvalid, Kind::HostRst] {
+        assert!(
+            rec.events.iter().any(|e| e.kind == k && e.frame.is_some()),
+            "no {k} frame"
+        );
+    }
+}
+
+/// The SYNs confirm dropped: one frame per insert failure the kernel counted,
+/// each a SYN as it left NAT.
+#[test]
+fn record_pcap_of_the_snat_race_lab_has_every_dropped_syn() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (rec, frames) = record_lab_and_check("snat-race");
+    let node = rec.header.as_ref().unwrap().netns;
+    let kernel = rec
+        .trailer
+        .as_ref()
+        .and_then(|t| t.kernel_counters.as_ref())
+        .map(|k| k.insert_failed)
+        .unwrap();
+    let failed: Vec<_> = rec
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::InsertFailed && e.netns == node)
+        .collect();
+    assert!(kernel > 0, "the lab lost no insert");
+    assert_eq!(
+        failed.len() as u64,
+        kernel,
+        "insert_failed events vs the kernel"
+    );
+    for e in failed {
+        let f = &frames[(e.frame.unwrap() - 1) as usize];
+        assert!(f.interface.ends_with("/postrouting"), "{}", f.interface);
+        assert!(
+            f.tcp_flags.contains('S'),
+            "frame {}: flags {}",
+            f.number,
+            f.tcp_flags
+        );
+    }
 }
