@@ -236,7 +236,11 @@ pub fn comment(e: &Event) -> String {
     }
     match &e.winner {
         crate::event::WinnerSlot::Known(w) => {
-            s.push_str(&format!("; winner {} (cpu {})", w.orig, w.cpu))
+            s.push_str(&format!("; winner {} (seen: {}", w.orig, w.seen));
+            if let Some(cpu) = w.cpu {
+                s.push_str(&format!(", cpu {cpu}"));
+            }
+            s.push(')');
         }
         crate::event::WinnerSlot::Unknown => s.push_str(&format!(
             "; winner unknown{}",
@@ -306,8 +310,8 @@ mod tests {
         b.winner = WinnerSlot::Known(Box::new(Winner {
             orig: a.orig,
             reply: a.orig,
-            cpu: 1,
-            ts_ns: 0,
+            cpu: Some(1),
+            ts_ns: Some(0),
             seen: "nat".into(),
         }));
         let mut c = event(Kind::HostRst, 11, None, 3_000_000_000);
@@ -397,7 +401,7 @@ mod tests {
         assert!(
             frames[1]
                 .4
-                .contains("; winner 10.0.0.2:40000 > 192.0.2.1:80 (cpu 1)"),
+                .contains("; winner 10.0.0.2:40000 > 192.0.2.1:80 (seen: nat, cpu 1)"),
             "{}",
             frames[1].4
         );
