@@ -25,6 +25,14 @@ const volatile __u64 ring_bytes = 1 << 22;
  * (0 when unknown): a host RST's location is the frame that called them. */
 const volatile __u64 rst_fns[4] = {};
 
+/* Packet capture (record --pcap): the bytes reserved after the record of an
+ * event that carries its packet, the snap length rounded up to 8; 0 when
+ * nothing is captured. A constant of the loaded program (rodata, frozen), so
+ * the reservation has a fixed size the verifier knows, and with 0 every
+ * capture branch is compiled away. Only events pay: no per-packet path reads
+ * it. */
+const volatile __u32 snap_room = 0;
+
 /* A dummy global so that the skeleton generates the Rust type of the record. */
 struct ct_event ct_event_abi = {};
 struct ct_abi ct_abi_enums = {};
@@ -70,22 +78,23 @@ static __always_inline void ct_lost(void)
 }
 
 /* Zeroes only what some kind may leave unset: the head (addresses, kind, cpu,
- * netns, reason codes, seq/ack), the small fields and the original tuple.
- * Not the window bounds (td_*, bound: read only with CT_F_WINDOW or a logged
- * window reason, and written by the window path), the reply tuple (read only
- * with CT_F_REPLY, which ct_read_conn sets after writing all of it) or the
- * reason text past its first byte (read only as a C string): 133 of 248 bytes. */
-static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
+ * netns, reason codes, seq/ack), the capture lengths, the small fields and the
+ * original tuple. Not the window bounds (td_*, bound: read only with
+ * CT_F_WINDOW or a logged window reason, and written by the window path), the
+ * reply tuple (read only with CT_F_REPLY, which ct_read_conn sets after
+ * writing all of it) or the reason text past its first byte (read only as a C
+ * string). A field added to the record must fall in a zeroed range or be
+ * written by every kind. */
+static __always_inline struct ct_event *ct_fill_new(struct ct_event *e, __u32 kind, __u8 source)
 {
-	struct ct_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
 	if (!e) {
 		ct_lost();
 		return NULL;
 	}
 	__builtin_memset(e, 0, __builtin_offsetof(struct ct_event, td_end));
-	__builtin_memset(&e->win, 0,
-			 __builtin_offsetof(struct ct_event, reply) - __builtin_offsetof(struct ct_event, win));
+	__builtin_memset(&e->pkt_len, 0,
+			 __builtin_offsetof(struct ct_event, reply) -
+				 __builtin_offsetof(struct ct_event, pkt_len));
 	e->reason_text[0] = 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
@@ -93,6 +102,20 @@ static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 	e->source = source;
 	e->hook = 0xff;
 	return e;
+}
+
+static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
+{
+	return ct_fill_new(bpf_ringbuf_reserve(&events, sizeof(struct ct_event), 0), kind, source);
+}
+
+/* A record with room for its packet's bytes after it (ct_capture fills them). */
+static __always_inline struct ct_event *ct_reserve_pkt(__u32 kind, __u8 source)
+{
+	if (!snap_room)
+		return ct_reserve(kind, source);
+	return ct_fill_new(bpf_ringbuf_reserve(&events, sizeof(struct ct_event) + snap_room, 0),
+			   kind, source);
 }
 
 /* Forced wake-ups of the reader: at most one per CT_WAKE_GAP_NS per object. */
@@ -311,6 +334,46 @@ static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *sk
 		e->orig.dport = bpf_ntohs(uh.dest);
 	}
 	return proto;
+}
+
+/* Copies the packet's first bytes, from its IP header on, after a record
+ * reserved by ct_reserve_pkt: at most snap_room, and only the linear part
+ * (headers are always there; paged payload is not read, rather than read
+ * wrong). skb->len counts from skb->data: the network header at the netfilter
+ * hooks and at kfree_skb after them, the transport header where TCP answers a
+ * segment with a RST. */
+static __always_inline void ct_capture(struct ct_event *e, struct sk_buff *skb, bool direct)
+{
+	unsigned char *head;
+	__u64 data;
+	__u32 nh, len, data_len, before, linear;
+	__u64 n;
+
+	if (!snap_room || !skb)
+		return;
+	head = CT_SKB(skb, direct, head);
+	data = (__u64)CT_SKB(skb, direct, data);
+	nh = CT_SKB(skb, direct, network_header);
+	len = CT_SKB(skb, direct, len);
+	data_len = CT_SKB(skb, direct, data_len);
+	if (data < (__u64)head + nh || data_len > len)
+		return;
+	before = (__u32)(data - (__u64)head) - nh; /* bytes from the IP header to data */
+	if (before > 0xffff)
+		return;
+	linear = before + len - data_len;
+	n = linear;
+	if (n > snap_room)
+		n = snap_room;
+	/* one register, checked again where the verifier follows it: without
+	 * this, clang bounds one copy of n and passes another */
+	asm volatile("" : "+r"(n));
+	if (n == 0 || n > snap_room)
+		return;
+	if (bpf_probe_read_kernel((void *)(e + 1), n, head + nh))
+		return;
+	e->pkt_len = before + len;
+	e->cap_len = n;
 }
 
 static __always_inline __u32 ct_netns_of_skb(struct sk_buff *skb, bool direct)

@@ -5,7 +5,7 @@
 #ifndef CTRACE_H
 #define CTRACE_H
 
-#define CT_ABI_VERSION 2
+#define CT_ABI_VERSION 3
 
 enum ct_kind {
 	CT_KIND_NAT_ALLOC = 1,
@@ -63,6 +63,12 @@ enum ct_verdict {
 	CT_V_ACCEPT = 2,
 };
 
+/* Packet capture (record --pcap): the most bytes of a packet, from its IP
+ * header on, that one event carries after its record. */
+enum ct_snap {
+	CT_SNAP_MAX = 1504,
+};
+
 /* where the event was produced (which hook flavour) */
 enum ct_source {
 	CT_SRC_NETFILTER = 1,
@@ -89,6 +95,8 @@ struct ct_event {
 	__u32 drop_reason;/* skb_drop_reason / sk_rst_reason value */
 	__u32 seq, ack;   /* TCP header of the packet */
 	__u32 td_end, td_maxend, td_maxwin, bound; /* sender's window state, kernel's bound */
+	__u32 pkt_len;    /* captured: the packet's length from its IP header on */
+	__u32 cap_len;    /* captured: how many of those bytes follow the record (0: none) */
 	__u16 win;        /* TCP window field */
 	__u16 port;       /* translated port (SNAT: reply dst port, DNAT: reply src port) */
 	__u8 family;      /* 4 or 6 */
@@ -114,6 +122,7 @@ struct ct_abi {
 	enum ct_source source;
 	enum ct_win_log win_log;
 	enum ct_verdict verdict;
+	enum ct_snap snap;
 };
 
 #endif

@@ -45,10 +45,15 @@ const _: () = {
     assert!(std::mem::size_of::<skel::nat::types::ct_event>() == RAW_EVENT_SIZE);
     assert!(std::mem::size_of::<skel::confirm::types::ct_event>() == RAW_EVENT_SIZE);
     assert!(std::mem::size_of::<skel::window::types::ct_event>() == RAW_EVENT_SIZE);
-    // ts, location, ct (3 x u64), 11 x u32, 2 x u16, 8 x u8, 2 tuples (36 B),
+    // ts, location, ct (3 x u64), 13 x u32, 2 x u16, 8 x u8, 2 tuples (36 B),
     // reason_text 64
-    assert!(RAW_EVENT_SIZE == 24 + 44 + 4 + 8 + 72 + 64);
+    assert!(RAW_EVENT_SIZE == 24 + 52 + 4 + 8 + 72 + 64);
+    // a record followed by its packet's bytes keeps the ring's 8-byte alignment
+    assert!(RAW_EVENT_SIZE % 8 == 0);
 };
+
+/// `enum ct_snap`: the most packet bytes one record carries after it.
+pub const SNAP_MAX: u32 = t::ct_snap::CT_SNAP_MAX.0;
 
 /// `enum ct_kind`.
 pub mod kind {
@@ -203,6 +208,7 @@ mod tests {
             ("CT_V_IGNORE", verdict::IGNORE.into()),
             ("CT_V_INVALID", verdict::INVALID.into()),
             ("CT_V_ACCEPT", verdict::ACCEPT.into()),
+            ("CT_SNAP_MAX", SNAP_MAX.into()),
         ];
         let header = header_enums();
         for (name, v) in &rust {

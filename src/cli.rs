@@ -113,6 +113,11 @@ pub struct ProbesArgs {
     /// Print the detected kernel feature set (the resolver's input) as JSON.
     #[arg(long)]
     pub features: bool,
+    /// Load (verify) the programs as `record --pcap --snaplen BYTES` would:
+    /// the packet-capture paths are compiled out of a load without it.
+    #[arg(long, default_value_t = 0, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(0..=1504))]
+    pub snaplen: u32,
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +140,16 @@ pub struct RecordArgs {
     /// No progress line on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also write the offending packets (insert_failed, tcp_invalid,
+    /// tcp_ignored, host_rst) to FILE as pcapng (0600; --force as for -o),
+    /// each commented with ctrace's verdict; events carry their `frame`.
+    /// Captured in BPF for those events only, never per packet.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// With --pcap: bytes captured of each packet, from its IP header on.
+    #[arg(long, default_value_t = 256, value_name = "BYTES", requires = "pcap",
+          value_parser = clap::value_parser!(u32).range(1..=1504))]
+    pub snaplen: u32,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +175,15 @@ pub struct ServeArgs {
     /// With --record: keep at most this many files (the oldest are removed).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub record_max_files: usize,
+    /// With --record: beside each recording file, a pcapng of its offending
+    /// packets (as `record --pcap`: same name, `.pcapng`; frames numbered per
+    /// file), removed with it.
+    #[arg(long, requires = "record")]
+    pub pcap: bool,
+    /// With --pcap: bytes captured of each packet, from its IP header on.
+    #[arg(long, default_value_t = 256, value_name = "BYTES", requires = "pcap",
+          value_parser = clap::value_parser!(u32).range(1..=1504))]
+    pub snaplen: u32,
     /// Label failure and incident counters with namespace and workload.
     #[arg(long)]
     pub workload_labels: bool,

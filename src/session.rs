@@ -26,6 +26,8 @@ pub struct SessionConfig {
     /// A lab's node, traced before its traffic starts: an empty table is
     /// expected there, not worth a note.
     pub lab: bool,
+    /// Packet bytes each offending event carries (`--pcap`); 0: none.
+    pub snaplen: u32,
 }
 
 /// What is left when a session ends.
@@ -84,6 +86,7 @@ impl Session {
             filter_netns: if cfg.all_netns { 0 } else { netns },
             symptoms_netns: if cfg.symptoms_here { netns } else { 0 },
             ringbuf_bytes: cfg.ringbuf_mb << 20,
+            snaplen: cfg.snaplen,
         };
         let shared = Shared::create(lcfg.ringbuf_bytes)?;
         let (plan, features, kept) = load::resolve_by_trying_kept(cfg.mode, &lcfg, &shared);

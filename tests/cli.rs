@@ -123,3 +123,42 @@ fn bad_ringbuf_size_is_refused() {
         .code(2)
         .stderr(predicate::str::contains("power of two"));
 }
+
+#[test]
+fn pcap_flags_are_checked_before_anything_attaches() {
+    // --snaplen belongs to --pcap, within what one event can carry
+    ctrace()
+        .args(["record", "--snaplen", "100", "-o", "/dev/null"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--pcap"));
+    ctrace()
+        .args(["record", "--pcap", "x.pcapng", "--snaplen", "1505"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("1..=1504"));
+    ctrace()
+        .args(["serve", "--pcap"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--record"));
+    if !is_root() {
+        eprintln!("skipped the rest: needs root to get past the privilege check");
+        return;
+    }
+    // an unwritable capture names itself and its option, and the recording
+    // that could not start is not left behind
+    let dir = std::env::temp_dir().join(format!("ctrace-cli-pcap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jsonl = dir.join("r.jsonl");
+    ctrace()
+        .args(["record", "-d", "1s", "--pcap", "/nonexistent-dir/x.pcapng", "-o"])
+        .arg(&jsonl)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cannot write the capture to /nonexistent-dir/x.pcapng: choose a writable path with --pcap",
+        ));
+    assert!(!jsonl.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

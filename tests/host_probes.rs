@@ -59,6 +59,30 @@ fn every_kprobe_and_stable_program_passes_the_verifier() {
     }
 }
 
+/// The packet-capture paths (`record --pcap`) are compiled out of a load
+/// without a snap length: loaded with the largest one, every kprobe and
+/// stable program still passes the verifier.
+#[test]
+fn every_program_passes_the_verifier_with_packet_capture() {
+    if !root_or_skip() {
+        return;
+    }
+    let has_nf = Path::new("/proc/sys/net/netfilter").exists() && kernel_at_least(6, 4);
+    for snaplen in ["1", "256", "1504"] {
+        let f = json(&["probes", "--features", "--snaplen", snaplen]);
+        let loads = f["loads"].as_object().unwrap();
+        for p in ["nat", "confirm", "window", "symptoms"] {
+            let mut keys = vec![format!("{p}:kprobe")];
+            if has_nf {
+                keys.push(format!("{p}:stable"));
+            }
+            for k in keys {
+                assert_eq!(loads[&k], "ok", "--snaplen {snaplen}: {k}: {}", loads[&k]);
+            }
+        }
+    }
+}
+
 /// The plan agrees with the kernel: a probe is never planned on a flavour
 /// whose load the kernel refused, and kprobes are never chosen without a
 /// kprobe PMU.

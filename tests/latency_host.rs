@@ -82,6 +82,7 @@ fn a_lone_event_reaches_user_space_within_100_ms() {
         all_netns: false,
         symptoms_here: true,
         ringbuf_mb: 4,
+        snaplen: 0,
         lab: true,
     };
     let session = Session::start(&cfg).expect("session");

@@ -40,5 +40,6 @@ pub fn session_config(a: &TraceArgs) -> SessionConfig {
         symptoms_here: a.symptoms_here,
         ringbuf_mb: a.ringbuf_mb,
         lab: false,
+        snaplen: 0,
     }
 }

@@ -12,11 +12,14 @@ pub fn run(a: &ProbesArgs) -> Result<i32> {
     }
     let mode = a.trace.mode;
     if a.features {
-        let f = crate::probe::load::detect_all()?;
+        let f = crate::probe::load::detect_all(a.snaplen)?;
         println!("{}", serde_json::to_string_pretty(&f)?);
         return Ok(crate::exit::OK);
     }
-    let cfg = crate::probe::load::Config::default();
+    let cfg = crate::probe::load::Config {
+        snaplen: a.snaplen,
+        ..Default::default()
+    };
     let (plan, _f) = crate::probe::load::resolve_by_trying(
         mode,
         &cfg,

@@ -1,6 +1,7 @@
 //! `ctrace record`: a one-shot recording, valid even when interrupted.
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -8,6 +9,7 @@ use anyhow::Result;
 use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
 use crate::incident;
+use crate::record::pcap::{PcapFile, PcapWriter};
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
 use crate::workload::Resolver;
@@ -16,14 +18,27 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
     // Fail on an unwritable output before touching the kernel.
     let mut w = crate::record::output(a.output.as_deref(), a.force)?;
-    let traced = Traced::start(crate::cmd::session_config(&a.trace), a.lab)?;
+    let pcap_file = match &a.pcap {
+        Some(p) => Some(PcapFile::create(p, a.force)?),
+        None => None,
+    };
+    let mut cfg = crate::cmd::session_config(&a.trace);
+    if pcap_file.is_some() {
+        cfg.snaplen = a.snaplen;
+    }
+    let traced = Traced::start(cfg, a.lab)?;
     let session = &traced.session;
     let progress = !a.quiet && std::io::stderr().is_terminal();
     for n in &session.notes {
         say(format!("ctrace: note: {n}"));
     }
-    w.write(&Line::Header(session.header()))?;
+    let header = session.header();
+    w.write(&Line::Header(header.clone()))?;
     w.flush()?;
+    let mut pcap = match pcap_file {
+        Some(f) => Some(f.begin(a.snaplen, &header)?),
+        None => None,
+    };
 
     let mut syms = KernelSymbols::new();
     // on this (the consumer) thread, never the ring buffer's: its cost is a
@@ -43,6 +58,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut incidents: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut emit = |out: incident::Output,
                     w: &mut Writer,
+                    pcap: &mut Option<PcapWriter<BufWriter<File>>>,
                     counts: &mut BTreeMap<String, u64>,
                     total: &mut u64,
                     incidents: &mut BTreeMap<String, BTreeMap<String, u64>>|
@@ -54,6 +70,11 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             }
             *counts.entry(e.kind.name().to_string()).or_default() += 1;
             *total += 1;
+            // the frame after the event's incident, winner and workload are
+            // known: its comment names them
+            if let Some(p) = pcap.as_mut() {
+                e.frame = p.packet(&e)?;
+            }
             w.event(&e)?;
         }
         for mut i in out.incidents {
@@ -84,7 +105,14 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             }
         }
         let out = session.next_output(&mut corr, Duration::from_millis(100));
-        if let Err(err) = emit(out, &mut w, &mut counts, &mut total, &mut incidents) {
+        if let Err(err) = emit(
+            out,
+            &mut w,
+            &mut pcap,
+            &mut counts,
+            &mut total,
+            &mut incidents,
+        ) {
             write_err = Some(err);
         }
         if write_err.is_some() {
@@ -92,6 +120,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         }
         if last_flush.elapsed() >= Duration::from_millis(500) {
             w.flush()?;
+            if let Some(p) = pcap.as_mut() {
+                p.flush()?;
+            }
             last_flush = Instant::now();
         }
         if progress && last_progress.elapsed() >= Duration::from_secs(1) {
@@ -117,11 +148,25 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let end_mono_ns = crate::sys::monotonic_ns();
     for e in fin.remaining {
         let o = corr.push(e);
-        emit(o, &mut w, &mut counts, &mut total, &mut incidents)?;
+        emit(
+            o,
+            &mut w,
+            &mut pcap,
+            &mut counts,
+            &mut total,
+            &mut incidents,
+        )?;
     }
     // incidents still open close now (as unknown unless their time has come)
     let o = corr.finish(end_mono_ns);
-    emit(o, &mut w, &mut counts, &mut total, &mut incidents)?;
+    emit(
+        o,
+        &mut w,
+        &mut pcap,
+        &mut counts,
+        &mut total,
+        &mut incidents,
+    )?;
     let trailer = Trailer {
         end_wall: crate::record::now_rfc3339(),
         end_mono_ns,
@@ -156,6 +201,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     }
     w.write(&Line::Trailer(trailer))?;
     w.flush()?;
+    if let Some(p) = pcap.as_mut() {
+        p.flush()?;
+    }
     // the lab's namespaces go last, after the trailer is safe
     drop(lab);
     Ok(crate::exit::OK)

@@ -5,23 +5,39 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Result};
 
-use super::{EnumNames, Event, Family, Kind, Tcp, Tuple};
+use super::{EnumNames, Event, Family, Kind, Packet, Tcp, Tuple};
 use crate::abi::{self, flag, kind, reason, RawEvent, RawTuple, RAW_EVENT_SIZE};
 use crate::probe::{confirm, window};
 
-/// Decodes one ring-buffer record. Fails on a short or oversized record, and on
-/// an unknown kind, rather than guessing.
+/// Decodes one ring-buffer record: the event, and for an offending packet
+/// captured with `--pcap` its bytes after it (`cap_len` of a room of at most
+/// `SNAP_MAX` rounded up to 8). Fails on a short or oversized record, a
+/// packet longer than its room, and an unknown kind, rather than guessing.
 pub fn decode(data: &[u8], names: &dyn EnumNames) -> Result<Event> {
-    if data.len() != RAW_EVENT_SIZE {
+    let room = data.len().wrapping_sub(RAW_EVENT_SIZE);
+    let max_room = (abi::SNAP_MAX as usize).div_ceil(8) * 8;
+    if data.len() < RAW_EVENT_SIZE || room > max_room || room % 8 != 0 {
         bail!(
-            "record of {} bytes, expected {RAW_EVENT_SIZE}: BPF objects and ctrace disagree on the event layout",
+            "record of {} bytes, expected {RAW_EVENT_SIZE} (+ a packet of at most {max_room}): BPF objects and ctrace disagree on the event layout",
             data.len()
         );
     }
     let mut raw = RawEvent::default();
-    plain::copy_from_bytes(&mut raw, data)
+    plain::copy_from_bytes(&mut raw, &data[..RAW_EVENT_SIZE])
         .map_err(|e| anyhow::anyhow!("record does not fit the event layout: {e:?}"))?;
-    from_raw(&raw, names)
+    let cap = raw.cap_len as usize;
+    if cap > room {
+        bail!("record carries {cap} packet bytes in a room of {room}");
+    }
+    let mut e = from_raw(&raw, names)?;
+    if cap > 0 {
+        let tail = &data[RAW_EVENT_SIZE..RAW_EVENT_SIZE + cap];
+        e.packet = Some(Packet {
+            len: raw.pkt_len.max(raw.cap_len),
+            data: tail.to_vec(),
+        });
+    }
+    Ok(e)
 }
 
 fn kind_of(k: u32, flags: u8) -> Option<Kind> {
@@ -223,6 +239,8 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         winner: super::WinnerSlot::Absent,
         winner_unknown: None,
         workload: None,
+        frame: None,
+        packet: None,
     })
 }
 
@@ -289,6 +307,53 @@ mod tests {
         big.push(0);
         let err = decode(&big, &NoNames).unwrap_err().to_string();
         assert!(err.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn a_captured_packet_follows_its_record() {
+        let mut r = raw(4);
+        r.cap_len = 5;
+        r.pkt_len = 40;
+        let mut b = bytes(&r);
+        b.extend_from_slice(&[0x45, 0, 0, 40, 9, 0, 0, 0]);
+        let e = decode(&b, &NoNames).unwrap();
+        let p = e.packet.unwrap();
+        assert_eq!(p.data, [0x45, 0, 0, 40, 9]);
+        assert_eq!(p.len, 40);
+        assert_eq!(e.frame, None);
+        // more bytes than the room, a room not a multiple of 8, a room too big
+        r.cap_len = 9;
+        assert!(decode(
+            &{
+                let mut b = bytes(&r);
+                b.extend_from_slice(&[0; 8]);
+                b
+            },
+            &NoNames
+        )
+        .is_err());
+        r.cap_len = 1;
+        assert!(decode(
+            &{
+                let mut b = bytes(&r);
+                b.extend_from_slice(&[0; 7]);
+                b
+            },
+            &NoNames
+        )
+        .is_err());
+        let huge = vec![0u8; 1512];
+        assert!(decode(
+            &{
+                let mut b = bytes(&r);
+                b.extend_from_slice(&huge);
+                b
+            },
+            &NoNames
+        )
+        .is_err());
+        // no room, yet a length: refused
+        assert!(decode(&bytes(&r), &NoNames).is_err());
     }
 
     #[test]

@@ -224,6 +224,23 @@ pub struct Event {
     pub winner: WinnerSlot,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub winner_unknown: Option<String>,
+    /// With `record --pcap`: the frame of this event's packet in the capture
+    /// (1-based, tshark's `frame.number`); absent when not captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u64>,
+    /// The packet's first bytes as BPF captured them (`--pcap`): for the
+    /// capture file only, never in the JSON.
+    #[serde(skip)]
+    pub packet: Option<Packet>,
+}
+
+/// An offending packet's first bytes, from its IP header on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// The packet's length on the wire from its IP header on.
+    pub len: u32,
+    /// The captured bytes (at most the snap length).
+    pub data: Vec<u8>,
 }
 
 /// The connection that won a clash.
@@ -320,6 +337,8 @@ impl Event {
             winner: WinnerSlot::Absent,
             winner_unknown: None,
             workload: None,
+            frame: None,
+            packet: None,
         }
     }
 

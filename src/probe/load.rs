@@ -20,6 +20,19 @@ pub struct Config {
     /// Symptoms: only this netns (0: every netns).
     pub symptoms_netns: u32,
     pub ringbuf_bytes: u32,
+    /// Packet bytes an offending event carries (`record --pcap`); 0: none.
+    pub snaplen: u32,
+}
+
+/// The most packet bytes one event carries (`bpf/ctrace.h`, CT_SNAP_MAX).
+pub const SNAP_MAX: u32 = crate::abi::SNAP_MAX;
+
+impl Config {
+    /// The room reserved after a captured record: the snap length, capped,
+    /// rounded up to 8 (records stay aligned).
+    pub fn snap_room(&self) -> u32 {
+        self.snaplen.min(SNAP_MAX).div_ceil(8) * 8
+    }
 }
 
 impl Default for Config {
@@ -28,6 +41,7 @@ impl Default for Config {
             filter_netns: 0,
             symptoms_netns: 0,
             ringbuf_bytes: 4 << 20,
+            snaplen: 0,
         }
     }
 }
@@ -97,6 +111,7 @@ pub fn load(
         programs: &set,
         netns,
         ring_bytes: shared.ring_bytes,
+        snap_room: cfg.snap_room(),
         events: &shared.events,
         lost: &shared.lost,
     })?;
@@ -367,10 +382,14 @@ pub fn attach_plan_kept(
 }
 
 /// Static facts plus a load attempt of every probe in every flavour: the full
-/// feature set, as captured in the fixtures (`ctrace probes --features`).
-pub fn detect_all() -> Result<Features> {
+/// feature set, as captured in the fixtures (`ctrace probes --features`);
+/// with `snaplen`, the programs as `record --pcap` loads them.
+pub fn detect_all(snaplen: u32) -> Result<Features> {
     let mut f = features::detect_static(&super::symbols());
-    let cfg = Config::default();
+    let cfg = Config {
+        snaplen,
+        ..Config::default()
+    };
     let shared = Shared::create(cfg.ringbuf_bytes)?;
     for spec in super::SPECS {
         for fl in [Flavour::Fentry, Flavour::Kprobe, Flavour::Stable] {

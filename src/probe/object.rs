@@ -14,6 +14,8 @@ pub struct OpenCfg<'a> {
     /// Only events of this netns inode (0: every netns).
     pub netns: u32,
     pub ring_bytes: u32,
+    /// Bytes reserved after a captured event for its packet (0: no capture).
+    pub snap_room: u32,
     /// The one ring buffer and lost counter every object writes to.
     pub events: &'a MapHandle,
     pub lost: &'a MapHandle,
@@ -60,6 +62,7 @@ macro_rules! open_probe_object {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.filter_netns = cfg.netns;
             ro.ring_bytes = u64::from(cfg.ring_bytes);
+            ro.snap_room = cfg.snap_room;
             ro.rst_fns = $crate::probe::features::reset_fn_ranges();
             ro.ct_btf_id = $crate::probe::features::ct_btf_id();
         }

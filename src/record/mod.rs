@@ -5,6 +5,7 @@
 //!   through a symlink, never over another recorder's file).
 //! - `read`: the streaming reader, bounded whatever the file's size.
 
+pub mod pcap;
 mod read;
 mod write;
 
@@ -80,6 +81,38 @@ pub fn now_rfc3339() -> String {
     rfc3339(now.as_secs(), now.subsec_nanos())
 }
 
+/// Nanoseconds since the epoch of a UTC RFC 3339 time as [`rfc3339`] writes
+/// it (`2026-12-01T14:00:00.250000Z`): how a header's `start_wall` is read.
+pub fn unix_ns_from_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut frac = 0i64;
+    if b[19] == b'.' {
+        let digits = &s[20..s.len() - 1];
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        frac = digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32);
+    } else if b.len() != 20 {
+        return None;
+    }
+    // days-from-civil (Howard Hinnant), the inverse of rfc3339's
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + h * 3600 + mi * 60 + sec;
+    u64::try_from(secs * 1_000_000_000 + frac).ok()
+}
+
 /// UTC RFC 3339 with microseconds, from seconds since the epoch.
 pub fn rfc3339(secs: u64, nanos: u32) -> String {
     let days = secs / 86400;
@@ -110,5 +143,23 @@ mod tests {
     fn rfc3339_known_dates() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(rfc3339(1_800_000_000, 5_000), "2027-01-15T08:00:00.000005Z");
+    }
+
+    #[test]
+    fn rfc3339_reads_back_what_it_wrote() {
+        for (secs, nanos) in [(0, 0), (1_800_000_000, 5_000), (951_782_400, 999_999_000)] {
+            let s = rfc3339(secs, nanos);
+            assert_eq!(
+                unix_ns_from_rfc3339(&s),
+                Some(secs * 1_000_000_000 + u64::from(nanos)),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            unix_ns_from_rfc3339("2026-12-01T14:00:00Z"),
+            Some(1_796_133_600_000_000_000)
+        );
+        assert_eq!(unix_ns_from_rfc3339("x"), None);
+        assert_eq!(unix_ns_from_rfc3339("2026-12-01T14:00:00.Z"), None);
     }
 }

@@ -50,7 +50,7 @@ impl Writer {
     /// which replaces it (unlinks it and creates a new one, never following a
     /// link); anything else is refused.
     pub fn create_with(path: &Path, force: bool) -> Result<Writer> {
-        let (f, created) = create_file(path, force)?;
+        let (f, created) = create_file(path, force, "-o")?;
         let mut w = Writer::new(Box::new(f), path.display().to_string());
         w.created = created.then(|| path.to_path_buf());
         Ok(w)
@@ -114,16 +114,23 @@ impl Drop for Writer {
     }
 }
 
-fn cannot_write(path: &Path) -> String {
+fn cannot_write(path: &Path, flag: &str) -> String {
+    let what = if flag == "-o" {
+        "the recording"
+    } else {
+        "the capture"
+    };
     format!(
-        "cannot write the recording to {}: choose a writable path with -o",
+        "cannot write {what} to {}: choose a writable path with {flag}",
         path.display()
     )
 }
 
-/// Opens the recording's file as [`Writer::create_with`] says; true when it
-/// created a new file.
-fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
+/// Opens an output file (a recording, `-o`; a capture, `--pcap`: `flag` names
+/// the option in errors) as [`Writer::create_with`] says; true when it created
+/// a new file.
+pub(crate) fn create_file(path: &Path, force: bool, flag: &str) -> Result<(File, bool)> {
+    let cannot_write = |p: &Path| cannot_write(p, flag);
     let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let create = || {
         OpenOptions::new()
@@ -137,7 +144,7 @@ fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
         // the umask may only take bits away; set the mode exactly
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .with_context(|| cannot_write(path))?;
-        lock(&f, path)?;
+        lock(&f, path, flag)?;
         Ok((f, true))
     };
     match create() {
@@ -150,7 +157,7 @@ fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
         .file_type();
     if ft.is_symlink() {
         bail!(
-            "{} is a symbolic link: ctrace does not follow it (a planted link would make it overwrite the link's target, even with --force); remove the link or choose another path with -o",
+            "{} is a symbolic link: ctrace does not follow it (a planted link would make it overwrite the link's target, even with --force); remove the link or choose another path with {flag}",
             path.display()
         );
     }
@@ -180,13 +187,18 @@ fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
             "a block device"
         };
         bail!(
-            "{} is {what}, not a regular file: choose a file path with -o (or -o - for standard output)",
-            path.display()
+            "{} is {what}, not a regular file: choose a file path with {flag}{}",
+            path.display(),
+            if flag == "-o" {
+                " (or -o - for standard output)"
+            } else {
+                ""
+            }
         );
     }
     if !force {
         bail!(
-            "{} already exists: ctrace does not overwrite it; use --force to replace it, or choose another path with -o",
+            "{} already exists: ctrace does not overwrite it; use --force to replace it, or choose another path with {flag}",
             path.display()
         );
     }
@@ -203,7 +215,7 @@ fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
             path.display()
         );
     }
-    lock(&old, path)?;
+    lock(&old, path, flag)?;
     std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
     match create() {
         Ok(f) => created(f),
@@ -216,7 +228,7 @@ fn create_file(path: &Path, force: bool) -> Result<(File, bool)> {
 }
 
 /// An exclusive, non-blocking `flock`, held as long as the file is open.
-fn lock(f: &File, path: &Path) -> Result<()> {
+fn lock(f: &File, path: &Path, flag: &str) -> Result<()> {
     // SAFETY: flock takes a descriptor `f` owns and no memory.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(());
@@ -224,7 +236,7 @@ fn lock(f: &File, path: &Path) -> Result<()> {
     let e = std::io::Error::last_os_error();
     if e.kind() == ErrorKind::WouldBlock {
         bail!(
-            "{} is being written by another ctrace record (it holds the file's lock): choose another path with -o",
+            "{} is being written by another ctrace record (it holds the file's lock): choose another path with {flag}",
             path.display()
         );
     }

@@ -68,6 +68,8 @@ mods() {
 step modules mods
 
 step features ctrace probes --features
+# the same loads with the packet-capture paths of record --pcap compiled in
+step features-pcap ctrace probes --features --snaplen 1504
 
 ns() { ip netns exec "$@"; }
 

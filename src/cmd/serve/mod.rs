@@ -64,7 +64,7 @@ fn answer(st: &State, r: &Request) -> Response {
 pub fn run(a: &ServeArgs) -> Result<i32> {
     crate::sys::require_tracing_privileges()?;
     let listener = http::bind(&a.listen)?;
-    let mut rot = match &a.record {
+    let rot = match &a.record {
         Some(d) => Some(Rotator::new(
             d,
             a.record_max_mb.saturating_mul(1 << 20),
@@ -72,6 +72,7 @@ pub fn run(a: &ServeArgs) -> Result<i32> {
         )?),
         None => None,
     };
+    let mut rot = rot.map(|r| if a.pcap { r.with_pcap(a.snaplen) } else { r });
     let state = Arc::new(State {
         metrics: Mutex::new(Metrics::new(
             Config {
@@ -94,7 +95,11 @@ pub fn run(a: &ServeArgs) -> Result<i32> {
     let stop_server = || {
         done.store(true, Ordering::Relaxed);
     };
-    let traced = match Traced::start(crate::cmd::session_config(&a.trace), None) {
+    let mut cfg = crate::cmd::session_config(&a.trace);
+    if a.pcap {
+        cfg.snaplen = a.snaplen;
+    }
+    let traced = match Traced::start(cfg, None) {
         Ok(t) => t,
         Err(e) => {
             stop_server();

@@ -2,7 +2,9 @@
 //! recording (header, events, trailer with the kernel's counter deltas over
 //! that file), created 0600 by [`Writer`]; a file is closed when it reaches
 //! the size limit, and the oldest files go when there are more than the
-//! count limit.
+//! count limit. With `--pcap`, each file has its capture beside it (same
+//! name, `.pcapng`), begun, ended and removed with it; the size limit is the
+//! recording's.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::ctstat::Snapshot;
 use crate::event::Event;
+use crate::record::pcap::{PcapFile, PcapWriter};
 use crate::record::{Header, Line, Trailer, Writer};
 
 const PREFIX: &str = "ctrace-serve-";
@@ -20,6 +23,7 @@ const SUFFIX: &str = ".jsonl";
 /// Where the counters stood when the current file began.
 struct Open {
     w: Writer,
+    pcap: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
     path: PathBuf,
     events: BTreeMap<String, u64>,
     incidents: BTreeMap<String, BTreeMap<String, u64>>,
@@ -34,6 +38,8 @@ pub struct Rotator {
     max_files: usize,
     seq: u64,
     open: Option<Open>,
+    /// `--pcap`: the snap length of each file's capture.
+    pcap_snaplen: Option<u32>,
 }
 
 /// What the session looks like now, for a file's trailer or the next header.
@@ -64,7 +70,14 @@ impl Rotator {
             max_files: max_files.max(1),
             seq: 0,
             open: None,
+            pcap_snaplen: None,
         })
+    }
+
+    /// Each file gets its capture (`serve --record DIR --pcap`).
+    pub fn with_pcap(mut self, snaplen: u32) -> Rotator {
+        self.pcap_snaplen = Some(snaplen);
+        self
     }
 
     /// This directory's recordings, oldest first (their names sort by time).
@@ -96,10 +109,15 @@ impl Rotator {
             .dir
             .join(format!("{PREFIX}{stamp}-{:06}{SUFFIX}", self.seq));
         let mut w = Writer::create(&path)?;
+        let pcap = match self.pcap_snaplen {
+            Some(n) => Some(PcapFile::create(&pcap_path(&path), false)?.begin(n, now.header)?),
+            None => None,
+        };
         w.write(&Line::Header(now.header.clone()))?;
         w.flush()?;
         self.open = Some(Open {
             w,
+            pcap,
             path,
             events: BTreeMap::new(),
             incidents: BTreeMap::new(),
@@ -111,6 +129,7 @@ impl Rotator {
         if files.len() > self.max_files {
             for old in &files[..files.len() - self.max_files] {
                 let _ = std::fs::remove_file(old);
+                let _ = std::fs::remove_file(pcap_path(old));
             }
         }
         Ok(())
@@ -128,9 +147,14 @@ impl Rotator {
         Ok(())
     }
 
-    pub fn event(&mut self, e: &Event) -> Result<()> {
+    /// Writes the event (and its packet, with `--pcap`: `e.frame` is set to
+    /// its frame in the current file's capture).
+    pub fn event(&mut self, e: &mut Event) -> Result<()> {
         if let Some(o) = self.open.as_mut() {
             *o.events.entry(e.kind.name().to_string()).or_default() += 1;
+            if let Some(p) = o.pcap.as_mut() {
+                e.frame = p.packet(e)?;
+            }
             o.w.event(e)?;
         }
         Ok(())
@@ -142,6 +166,9 @@ impl Rotator {
             return Ok(());
         };
         o.w.flush()?;
+        if let Some(p) = o.pcap.as_mut() {
+            p.flush()?;
+        }
         let len = std::fs::metadata(&o.path).map(|m| m.len()).unwrap_or(0);
         if len >= self.max_bytes {
             self.end(now, "rotated", None)?;
@@ -171,8 +198,16 @@ impl Rotator {
             incidents: o.incidents,
         };
         o.w.write(&Line::Trailer(t))?;
+        if let Some(p) = o.pcap.as_mut() {
+            p.flush()?;
+        }
         o.w.flush()
     }
+}
+
+/// The capture beside a recording file: same name, `.pcapng`.
+fn pcap_path(recording: &Path) -> PathBuf {
+    recording.with_extension("pcapng")
 }
 
 #[cfg(test)]
@@ -219,7 +254,7 @@ mod tests {
             },
         );
         for _ in 0..200 {
-            r.event(&e).unwrap();
+            r.event(&mut e.clone()).unwrap();
             r.tick(&now).unwrap();
         }
         r.end(&now, "signal", Some("SIGTERM".into())).unwrap();
@@ -240,6 +275,68 @@ mod tests {
             events > 0 && events < 200,
             "the oldest were removed: {events}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `--pcap`: each file's capture beside it, frames numbered per file,
+    /// the oldest removed with their recordings.
+    #[test]
+    fn each_file_has_its_capture_and_loses_it_with_itself() {
+        let dir = std::env::temp_dir().join(format!("ctrace-rotate-pcap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut h = header();
+        h.start_wall = "2026-12-01T14:00:00.000000Z".into();
+        let now = Now {
+            header: &h,
+            kernel: None,
+            lost: 0,
+            lost_user: 0,
+        };
+        let mut r = Rotator::new(&dir, 4096, 2).unwrap().with_pcap(64);
+        r.begin(&now).unwrap();
+        let mut e = Event::new(
+            Kind::TcpInvalid,
+            Tuple {
+                src: "10.0.0.1".parse().unwrap(),
+                sport: 1,
+                dst: "10.0.0.2".parse().unwrap(),
+                dport: 2,
+            },
+        );
+        e.packet = Some(crate::event::Packet {
+            len: 40,
+            data: vec![0x45; 40],
+        });
+        for _ in 0..200 {
+            r.event(&mut e.clone()).unwrap();
+            r.tick(&now).unwrap();
+        }
+        r.end(&now, "signal", None).unwrap();
+        let files = r.files();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let caps: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|d| d.file_name().to_string_lossy().ends_with(".pcapng"))
+            .collect();
+        assert_eq!(caps.len(), 2, "the oldest captures went with their files");
+        for f in &files {
+            let cap = pcap_path(f);
+            assert_eq!(std::fs::metadata(&cap).unwrap().mode() & 0o777, 0o600);
+            let rec = crate::record::read(f).unwrap();
+            let frames: Vec<u64> = rec.events.iter().map(|e| e.frame.unwrap()).collect();
+            let want: Vec<u64> = (1..=rec.events.len() as u64).collect();
+            assert_eq!(frames, want, "{}", f.display());
+            let bytes = std::fs::read(&cap).unwrap();
+            let mut rd = pcap_file::pcapng::PcapNgReader::new(bytes.as_slice()).unwrap();
+            let mut n = 0;
+            while let Some(b) = rd.next_block() {
+                if let pcap_file::pcapng::Block::EnhancedPacket(_) = b.unwrap() {
+                    n += 1;
+                }
+            }
+            assert_eq!(n, rec.events.len());
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

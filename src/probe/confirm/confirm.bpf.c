@@ -36,21 +36,29 @@ static __always_inline void confirm_enter(struct sk_buff *skb)
 	s->status = ct ? ct_status(ct) : 0;
 }
 
+/* skb: the dropped packet, whose bytes an insert failure carries (a resolved
+ * clash's packet went on). Whether there is room for them follows from the
+ * kind, a constant at each inlined call: a test of skb would not do, as clang
+ * may load it again from the map, and the verifier would then see a capture
+ * into a record reserved without room. */
 static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_conn *ct,
-					 __u8 source)
+					 struct sk_buff *skb, __u8 source)
 {
 	__u32 netns = ct_netns_of(ct);
 	struct ct_event *e;
 
 	if (!ct_netns_wanted(netns))
 		return;
-	e = ct_reserve(kind, source);
+	e = kind == CT_KIND_INSERT_FAILED ? ct_reserve_pkt(kind, source) : ct_reserve(kind, source);
 	if (!e)
 		return;
 	e->netns = netns;
 	e->reason = reason;
 	ct_read_conn(e, ct);
 	ct_nat_port(e, ct_status(ct));
+	/* the skb was remembered as a number: read through the helper */
+	if (kind == CT_KIND_INSERT_FAILED)
+		ct_capture(e, skb, false);
 	ct_submit(e);
 }
 
@@ -68,17 +76,17 @@ static __always_inline void confirm_exit(struct sk_buff *skb, int ret, __u8 sour
 	if (ret == NF_DROP) {
 		confirm_emit(CT_KIND_INSERT_FAILED,
 			     (s->status & IPS_DYING) ? CT_R_CONFIRM_DYING : CT_R_CONFIRM_CLASH, ct,
-			     source);
+			     skb, source);
 		return;
 	}
 	now = ct_of_skb(skb);
 	if (now && now != ct) {
 		/* merged: the loser was released; report the entry it merged into */
-		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_MERGED, now, source);
+		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_MERGED, now, NULL, source);
 		return;
 	}
 	if (!(s->status & IPS_NAT_CLASH) && (ct_status(ct) & IPS_NAT_CLASH))
-		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_NAT_HARDER, ct, source);
+		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_NAT_HARDER, ct, NULL, source);
 }
 
 SEC("fentry/__nf_conntrack_confirm")
@@ -222,7 +230,7 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 		    id[3] != p->id[3] || id[4] != p->id[4])
 			return 0;
 	}
-	e = ct_reserve(CT_KIND_INSERT_FAILED, CT_SRC_NETFILTER);
+	e = ct_reserve_pkt(CT_KIND_INSERT_FAILED, CT_SRC_NETFILTER);
 	if (!e)
 		return 0;
 	status = ct_status(ct);
@@ -233,6 +241,8 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	e->location = (__u64)location;
 	ct_read_conn(e, ct);
 	ct_nat_port(e, status);
+	/* the SYN or datagram as confirm dropped it: after NAT (POSTROUTING) */
+	ct_capture(e, skb, true);
 	ct_submit(e);
 	return 0;
 }

@@ -123,7 +123,7 @@ static __always_inline void sym_reset(void *ctx, const struct sock *sk, struct s
 	netns = ct_netns_of_skb(skb, direct);
 	if (!ct_netns_wanted(netns))
 		return;
-	e = ct_reserve(CT_KIND_HOST_RST, source);
+	e = ct_reserve_pkt(CT_KIND_HOST_RST, source);
 	if (!e)
 		return;
 	if (ct_read_packet(e, skb, direct) < 0) {
@@ -136,6 +136,9 @@ static __always_inline void sym_reset(void *ctx, const struct sock *sk, struct s
 		e->reason = CT_R_RST_REASON;
 		e->drop_reason = reason;
 	}
+	/* the segment the node answers: the RST itself is built in another
+	 * buffer after this point, and no hook here sees it */
+	ct_capture(e, skb, direct);
 	ct_submit(e);
 }
 

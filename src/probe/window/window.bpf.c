@@ -150,6 +150,7 @@ static __always_inline void win_exit(int ret, __u8 source)
 	struct nf_conn *ct;
 	struct ct_event *e;
 	__u32 kind, netns;
+	bool cap;
 
 	if (!s || !s->active)
 		return;
@@ -170,7 +171,10 @@ static __always_inline void win_exit(int ret, __u8 source)
 	netns = ct_netns_of(ct);
 	if (!ct_netns_wanted(netns))
 		return;
-	e = ct_reserve(kind, source);
+	/* the segment itself, except where be_liberal let it through; decided
+	 * once, so that the record has room wherever the capture runs */
+	cap = ret <= 0 || kind == CT_KIND_TCP_IGNORED;
+	e = cap ? ct_reserve_pkt(kind, source) : ct_reserve(kind, source);
 	if (!e)
 		return;
 	ct_read_conn(e, ct);
@@ -196,6 +200,8 @@ static __always_inline void win_exit(int ret, __u8 source)
 	} else {
 		e->reason = CT_R_WIN_UNLOGGED;
 	}
+	if (cap)
+		ct_capture(e, (struct sk_buff *)s->skb, false);
 	ct_submit(e);
 }
 
@@ -334,7 +340,7 @@ int win_nf(struct bpf_nf_ctx *ctx)
 	netns = ctx->state->net->ns.inum;
 	if (!ct_netns_wanted(netns))
 		return NF_ACCEPT;
-	e = ct_reserve(CT_KIND_TCP_INVALID, CT_SRC_NETFILTER);
+	e = ct_reserve_pkt(CT_KIND_TCP_INVALID, CT_SRC_NETFILTER);
 	if (!e)
 		return NF_ACCEPT;
 	if (ct_read_packet(e, skb, true) != IPPROTO_TCP) {
@@ -344,6 +350,7 @@ int win_nf(struct bpf_nf_ctx *ctx)
 	e->netns = netns;
 	e->hook = ctx->state->hook;
 	e->reason = CT_R_WIN_NO_CT;
+	ct_capture(e, skb, true);
 	ct_submit(e);
 	return NF_ACCEPT;
 }
