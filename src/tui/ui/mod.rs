@@ -7,6 +7,8 @@
 mod header;
 mod overlays;
 mod panels;
+#[cfg(test)]
+mod sizes;
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};

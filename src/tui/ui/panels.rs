@@ -402,13 +402,46 @@ pub fn wrap(text: &str, w: usize) -> Vec<String> {
     lines
 }
 
+/// `parts` joined by " · " in lines of at most `w` columns, a part never
+/// broken unless it is wider than a line on its own.
+pub fn wrap_parts(parts: &[String], w: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for p in parts {
+        let (cl, pl) = (cur.chars().count(), p.chars().count());
+        if cl > 0 && cl + 3 + pl <= w {
+            cur.push_str(" · ");
+            cur.push_str(p);
+            continue;
+        }
+        if cl > 0 {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if pl <= w {
+            cur = p.clone();
+        } else {
+            let mut v = wrap(p, w);
+            cur = v.pop().unwrap_or_default();
+            lines.extend(v);
+        }
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
 /// The selected event's detail under its line, wrapped: nothing of it is
-/// cut, whatever the width.
-fn detail_lines(app: &App, e: &Event, w: usize) -> Vec<Line<'static>> {
-    let mut parts = vec![format!("{} {}", e.proto, e.orig)];
+/// cut, whatever the width; the translation first.
+fn detail_lines(app: &App, e: &Event, w: usize, max: usize) -> Vec<Line<'static>> {
+    let mut parts = Vec::new();
+    if let Some(t) = translation(e) {
+        parts.push(t);
+    }
     if let Some(r) = &e.reply {
         parts.push(format!("reply {r}"));
     }
+    parts.push(format!("{} {}", e.proto, e.orig));
     if let Some(p) = e.port {
         parts.push(format!("port {p}"));
     }
@@ -421,10 +454,14 @@ fn detail_lines(app: &App, e: &Event, w: usize) -> Vec<Line<'static>> {
     if !e.reason.is_empty() {
         parts.push(e.reason.clone());
     }
-    wrap(&format!("↳ {}", parts.join(" · ")), w.saturating_sub(2))
+    wrap_parts(&parts, w.saturating_sub(4))
         .into_iter()
-        .take(4)
-        .map(|l| Line::styled(format!("  {l}"), Style::new().fg(Color::Gray)))
+        .take(max)
+        .enumerate()
+        .map(|(i, l)| {
+            let lead = if i == 0 { "  ↳ " } else { "    " };
+            Line::styled(format!("{lead}{l}"), Style::new().fg(Color::Gray))
+        })
         .collect()
 }
 
@@ -455,7 +492,8 @@ pub(super) fn log(app: &App, f: &mut Frame, r: Rect) {
     let detail = if highlight {
         app.log_events()
             .nth(idx)
-            .map(|(_, e)| detail_lines(app, e, inner_w))
+            // at most half the log: the events stay in view
+            .map(|(_, e)| detail_lines(app, e, inner_w, (h / 2).clamp(1, 4)))
             .unwrap_or_default()
     } else {
         Vec::new()
