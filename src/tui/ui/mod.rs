@@ -19,6 +19,7 @@ use ratatui::Frame;
 use super::app::{App, Mode, Panel};
 
 pub use header::node_line;
+pub use overlays::{HELP_END, LEGEND_END};
 pub use panels::{kind_style, log_line, spark};
 
 /// Below this the screen only says it is too small (and the lost count).
