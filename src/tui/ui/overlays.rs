@@ -241,10 +241,13 @@ fn scrolling(f: &mut Frame, r: Rect, title: &str, lines: Vec<Line<'static>>, scr
         if text.chars().count() <= w {
             wrapped.push(l);
         } else {
+            // keep the indentation (the timeline's right-aligned times)
+            let body = text.trim_start();
+            let indent = " ".repeat(text.len() - body.len());
             wrapped.extend(
-                super::panels::wrap(&text, w)
+                super::panels::wrap(body, w.saturating_sub(indent.len()))
                     .into_iter()
-                    .map(|t| Line::styled(t, style)),
+                    .map(|t| Line::styled(format!("{indent}{t}"), style)),
             );
         }
     }

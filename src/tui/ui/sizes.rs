@@ -246,6 +246,9 @@ fn enter_on_a_destination_lists_its_incidents_and_enter_shows_a_timeline() {
     assert!(s.contains(&format!("translated  {}", newest.translated.unwrap())));
     assert!(s.contains("who         shop/web-1"), "{s}");
     assert!(s.contains("1020.000  syn_retrans"), "{s}");
+    // a step too wide for the box wraps, and keeps its column
+    let s = screen(&a, 60, 24);
+    assert!(s.contains("     0.000  insert_failed"), "{s}");
     // Esc: back to the list, then back to the top table
     key(&mut a, KeyCode::Esc);
     assert_eq!(a.mode, Mode::Normal);
