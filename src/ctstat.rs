@@ -2,10 +2,14 @@
 //! network namespace (the same numbers `conntrack -S` prints), per CPU.
 
 use std::io;
+use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 use serde::{Deserialize, Serialize};
+
+use crate::event::Tuple;
+use crate::netlink::{attrs, nla, Conn, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 /// The kernel's conntrack statistics, each with its ctnetlink attribute
 /// (CTA_STATS_*): the one list of counter names. CpuStats, KernelCounters,
@@ -118,101 +122,63 @@ impl Snapshot {
 }
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 /// A ctnetlink socket in the network namespace of the thread that opened it.
 pub struct CtNetlink {
-    sock: Socket,
-    seq: u32,
+    conn: Conn,
 }
 
 impl CtNetlink {
     pub fn open() -> Result<CtNetlink> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)
-            .context("cannot open a netfilter netlink socket (needs CAP_NET_ADMIN: run as root)")?;
-        sock.bind_auto()
-            .context("binding the netfilter netlink socket")?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .context("connecting the netfilter netlink socket")?;
-        // a reply that never comes must not hang the caller
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: tv is a live timeval of the size passed; the fd is the socket's.
-        let r = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error()).context("setting a ctnetlink receive timeout");
-        }
-        Ok(CtNetlink { sock, seq: 1 })
+        Ok(CtNetlink {
+            conn: Conn::open(NETLINK_NETFILTER, "netfilter netlink", 5)?,
+        })
     }
 
     /// `dump`: a multi-part answer ended by NLMSG_DONE. Otherwise the kernel
     /// answers with one message and no DONE (ctnetlink_stat_ct): ask for an
     /// ACK, which ends the answer, or the read waits forever.
     fn request(&mut self, msg_type: u16, dump: bool) -> Result<Vec<Vec<u8>>> {
-        self.seq += 1;
-        let mut req = Vec::with_capacity(20);
-        let len: u32 = 16 + 4;
-        req.extend_from_slice(&len.to_ne_bytes());
-        req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
+        match self.exchange(msg_type, 0, dump, &[])? {
+            Ok(msgs) => Ok(msgs),
+            Err(code) => {
+                let e = io::Error::from_raw_os_error(code);
+                if code == libc::EOPNOTSUPP || code == libc::ENOENT {
+                    bail!("conntrack is not available in this network namespace ({e}): is nf_conntrack loaded? try 'modprobe nf_conntrack'");
+                }
+                bail!("ctnetlink refused the statistics request: {e}");
+            }
+        }
+    }
+
+    /// One ctnetlink request: nfgenmsg of `family`, then `attrs`.
+    fn exchange(
+        &mut self,
+        msg_type: u16,
+        family: u8,
+        dump: bool,
+        attrs: &[u8],
+    ) -> Result<std::result::Result<Vec<Vec<u8>>, i32>> {
+        // struct nfgenmsg { family, version NFNETLINK_V0, res_id 0 }
+        let body = [&[family, 0, 0, 0][..], attrs].concat();
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        req.extend_from_slice(&flags.to_ne_bytes());
-        req.extend_from_slice(&self.seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
-        // struct nfgenmsg { family AF_UNSPEC, version NFNETLINK_V0, res_id 0 }
-        req.extend_from_slice(&[0, 0, 0, 0]);
-        self.sock
-            .send(&req, 0)
-            .context("sending a ctnetlink statistics request")?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = self
-                .sock
-                .recv(&mut &mut buf[..], 0)
-                .context("reading ctnetlink statistics")?;
-            if n == 0 {
-                bail!("ctnetlink closed the socket");
-            }
-            let mut off = 0;
-            while off + 16 <= n {
-                let mlen = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
-                let mtype = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
-                if mlen < 16 || off + mlen > n {
-                    bail!("malformed ctnetlink message");
-                }
-                match mtype {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into()?);
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        let e = io::Error::from_raw_os_error(-code);
-                        if -code == libc::EOPNOTSUPP || -code == libc::ENOENT {
-                            bail!("conntrack is not available in this network namespace ({e}): is nf_conntrack loaded? try 'modprobe nf_conntrack'");
-                        }
-                        bail!("ctnetlink refused the statistics request: {e}");
-                    }
-                    _ => out.push(buf[off..off + mlen].to_vec()),
-                }
-                off += (mlen + 3) & !3;
-            }
+        self.conn
+            .exchange((NFNL_SUBSYS_CTNETLINK << 8) | msg_type, flags, &body)
+    }
+
+    /// The original tuple of the entry whose reply tuple is `reply`
+    /// (`conntrack -G --reply-src .. --reply-dst .. -p ..`): who holds it.
+    /// `None` when no entry does.
+    pub fn holder_of_reply(&mut self, proto: u8, reply: &Tuple) -> Result<Option<Tuple>> {
+        let (family, req) = tuple_request(proto, reply);
+        match self.exchange(IPCTNL_MSG_CT_GET, family, false, &req)? {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| parse_orig(m.get(20..)?))),
+            Err(libc::ENOENT) => Ok(None),
+            Err(code) => Err(io::Error::from_raw_os_error(code))
+                .context("ctnetlink refused the table lookup"),
         }
     }
 
@@ -253,21 +219,6 @@ fn be(v: &[u8]) -> u64 {
     }
 }
 
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        let adv = (len + 3) & !3;
-        b = &b[adv.min(b.len())..];
-    }
-    out
-}
-
 /// One IPCTNL_MSG_CT_GET_STATS_CPU reply: nlmsghdr, nfgenmsg (res_id = cpu), attrs.
 fn parse_cpu(m: &[u8]) -> Result<CpuStats> {
     if m.len() < 20 {
@@ -283,6 +234,93 @@ fn parse_cpu(m: &[u8]) -> Result<CpuStats> {
     Ok(c)
 }
 
+// ctnetlink's tuple attributes (CTA_TUPLE_*, CTA_IP_*, CTA_PROTO_*)
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+/// A GET of the entry whose reply tuple is `t`: (nfgenmsg family, attributes).
+fn tuple_request(proto: u8, t: &Tuple) -> (u8, Vec<u8>) {
+    let (family, ip) = match (t.src, t.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (
+            libc::AF_INET as u8,
+            [
+                nla(CTA_IP_V4_SRC, &s.octets()),
+                nla(CTA_IP_V4_DST, &d.octets()),
+            ]
+            .concat(),
+        ),
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            (
+                libc::AF_INET6 as u8,
+                [nla(CTA_IP_V6_SRC, &v6(s)), nla(CTA_IP_V6_DST, &v6(d))].concat(),
+            )
+        }
+    };
+    let pr = [
+        nla(CTA_PROTO_NUM, &[proto]),
+        nla(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes()),
+        nla(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes()),
+    ]
+    .concat();
+    let tuple = [
+        nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
+        nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &pr),
+    ]
+    .concat();
+    (family, nla(CTA_TUPLE_REPLY | NLA_F_NESTED, &tuple))
+}
+
+/// CTA_TUPLE_ORIG of a conntrack message's attributes.
+fn parse_orig(b: &[u8]) -> Option<Tuple> {
+    let (_, orig) = attrs(b).into_iter().find(|(ty, _)| *ty == CTA_TUPLE_ORIG)?;
+    let mut t = Tuple {
+        src: IpAddr::from([0u8; 4]),
+        sport: 0,
+        dst: IpAddr::from([0u8; 4]),
+        dport: 0,
+    };
+    let port = |v: &[u8]| (v.len() >= 2).then(|| u16::from_be_bytes([v[0], v[1]]));
+    for (ty, v) in attrs(orig) {
+        match ty {
+            CTA_TUPLE_IP => {
+                for (ty, v) in attrs(v) {
+                    match (ty, v.len()) {
+                        (CTA_IP_V4_SRC, 4) => t.src = IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                        (CTA_IP_V4_DST, 4) => t.dst = IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                        (CTA_IP_V6_SRC, 16) => t.src = IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+                        (CTA_IP_V6_DST, 16) => t.dst = IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+                        _ => {}
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (ty, v) in attrs(v) {
+                    match ty {
+                        CTA_PROTO_SRC_PORT => t.sport = port(v)?,
+                        CTA_PROTO_DST_PORT => t.dport = port(v)?,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +331,48 @@ mod tests {
         a.extend_from_slice(&ty.to_ne_bytes());
         a.extend_from_slice(&v.to_be_bytes());
         a
+    }
+
+    #[test]
+    fn a_table_lookup_asks_by_reply_tuple_and_reads_the_original_back() {
+        for (orig, reply) in [
+            (
+                "10.9.0.2:40001->192.0.2.2:80",
+                "192.0.2.2:80->192.0.2.1:40000",
+            ),
+            (
+                "[fd77::16]:43927->[fd77:0:0:2::2]:8000",
+                "[fd77:0:0:2::2]:8000->[fd77:0:0:2::1]:40000",
+            ),
+        ] {
+            let tup = |s: &str| {
+                let (a, b) = s.split_once("->").unwrap();
+                let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+                    (a.parse().unwrap(), b.parse().unwrap());
+                Tuple {
+                    src: a.ip(),
+                    sport: a.port(),
+                    dst: b.ip(),
+                    dport: b.port(),
+                }
+            };
+            let (family, req) = tuple_request(6, &tup(reply));
+            assert_eq!(
+                family as i32,
+                if orig.starts_with('[') {
+                    libc::AF_INET6
+                } else {
+                    libc::AF_INET
+                }
+            );
+            // the kernel's answer carries the same nesting under CTA_TUPLE_ORIG
+            let (_, orig_req) = tuple_request(6, &tup(orig));
+            let mut answer = orig_req.clone();
+            answer[2..4].copy_from_slice(&(CTA_TUPLE_ORIG | NLA_F_NESTED).to_ne_bytes());
+            answer.extend_from_slice(&req);
+            assert_eq!(parse_orig(&answer), Some(tup(orig)));
+            assert_eq!(parse_orig(&req), None, "a reply tuple alone is no original");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod findings;
 pub mod incident;
 pub mod lab;
 pub mod metrics;
+pub mod netlink;
 pub mod netns;
 pub mod node;
 pub mod pipeline;

@@ -81,6 +81,11 @@ pub struct Pipeline {
     pub lost_user: Arc<AtomicU64>,
     /// Events sent and not yet received.
     queued: Arc<AtomicU64>,
+    /// Every record committed before this time (CLOCK_MONOTONIC ns, the
+    /// events' clock) has been read and sent: the clock a consumer may close
+    /// things by. Slower than "now" by the reader's latency, which a loaded
+    /// or virtualized machine can stretch to seconds.
+    caught_up_ns: Arc<AtomicU64>,
 }
 
 impl Pipeline {
@@ -91,6 +96,8 @@ impl Pipeline {
         let decoded = Arc::new(AtomicU64::new(0));
         let lost_user = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
+        let caught_up_ns = Arc::new(AtomicU64::new(0));
+        let caught2 = caught_up_ns.clone();
         let (tx, rx) = sync_channel::<Batch>(4096);
         let (stop2, bad2, dec2) = (stop.clone(), bad.clone(), decoded.clone());
         let (lost2, queued2) = (lost_user.clone(), queued.clone());
@@ -135,14 +142,28 @@ impl Pipeline {
                     Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => Ok(()),
                     r => r,
                 };
+                // tests only: a reader that lags this long behind the ring
+                // (what a loaded node or a VM does to it)
+                let lag = std::env::var("CTRACE_TEST_READER_LAG_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis);
                 while !stop2.load(Ordering::Relaxed) {
                     retry(rb.poll(Duration::from_millis(50)))?;
+                    if let Some(lag) = lag {
+                        std::thread::sleep(lag);
+                    }
                     // the BPF side wakes us only once a sixteenth of a ring is
                     // queued (ct_submit): drain what arrived without a wakeup
+                    let t = crate::sys::monotonic_ns();
                     retry(rb.consume())?;
                     if !flush() {
                         return Ok(()); // consumer gone
                     }
+                    // everything committed before t is sent (an event is
+                    // stamped just before it is committed: a millisecond of
+                    // margin)
+                    caught2.fetch_max(t.saturating_sub(1_000_000), Ordering::Release);
                 }
                 retry(rb.consume())?;
                 flush();
@@ -156,7 +177,24 @@ impl Pipeline {
             decoded,
             lost_user,
             queued,
+            caught_up_ns,
         })
+    }
+
+    /// See [`Pipeline::caught_up_ns`](struct field): read before receiving,
+    /// it is a time every event before which has been received by then.
+    pub fn caught_up_ns(&self) -> u64 {
+        self.caught_up_ns.load(Ordering::Acquire)
+    }
+
+    /// Every batch queued now, without waiting.
+    pub fn try_recv_all(&self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(b) = self.rx.try_recv() {
+            self.queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
+            out.extend(b);
+        }
+        out
     }
 
     /// The next batch, waiting at most `d`.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::ctstat::{CtNetlink, Snapshot};
-use crate::event::Event;
+use crate::event::{Event, Tuple};
+use crate::incident::{self, Correlator};
 use crate::pipeline::{Batch, BtfNames, Pipeline};
 use crate::probe::load::{self, Config, Loaded, Shared};
 use crate::probe::plan::Plan;
@@ -149,6 +150,42 @@ impl Session {
         })
     }
 
+    /// The correlation stage for this session's events: clashes synthesized
+    /// where the stable confirm hook cannot see them itself, and winners no
+    /// NAT allocation names asked of this netns's conntrack table.
+    pub fn correlator(&self) -> Correlator {
+        let stable_confirm = self.plan.get(Probe::Confirm).and_then(|p| p.chosen)
+            == Some(crate::probe::Flavour::Stable);
+        let corr = Correlator::new(incident::Config {
+            synthesize_clashes: stable_confirm,
+        });
+        // a socket opens in the netns of the thread that opens it
+        let here = crate::netns::current_inode().ok() == Some(self.netns);
+        match CtNetlink::open() {
+            Ok(ct) if here => corr.with_table(Box::new(CtTable {
+                netns: self.netns,
+                ct,
+            })),
+            _ => corr,
+        }
+    }
+
+    /// The next events (waiting at most `d` for the first), through the
+    /// correlation stage; then the stage's clock moves on to the time up to
+    /// which every event has been read, never to "now": a reader that lags
+    /// (a loaded node, a VM) must not close an incident whose next event is
+    /// still in the ring.
+    pub fn next_output(&self, corr: &mut Correlator, d: Duration) -> incident::Output {
+        let upto = self.pipeline.caught_up_ns();
+        let mut out = incident::Output::default();
+        let first = self.pipeline.recv_timeout(d).unwrap_or_default();
+        for e in first.into_iter().chain(self.pipeline.try_recv_all()) {
+            out.extend(corr.push(e));
+        }
+        out.extend(corr.tick(upto));
+        out
+    }
+
     /// Batches of decoded events, in arrival order per ring buffer.
     pub fn recv_timeout(&self, d: Duration) -> Option<Batch> {
         self.pipeline.recv_timeout(d)
@@ -258,5 +295,36 @@ impl Session {
             lost,
             lost_user,
         })
+    }
+}
+
+/// The traced netns's conntrack table, asked who holds a reply tuple (a
+/// socket of its own: the session's is read on its own schedule).
+struct CtTable {
+    netns: u32,
+    ct: CtNetlink,
+}
+
+impl incident::Table for CtTable {
+    fn holder(
+        &mut self,
+        netns: u32,
+        e: &Event,
+        reply: &Tuple,
+    ) -> std::result::Result<Option<Tuple>, String> {
+        if netns != self.netns {
+            return Err(format!(
+                "the loser is in netns {netns}, ctrace reads the table of netns {}",
+                self.netns
+            ));
+        }
+        let proto = match e.proto.as_str() {
+            "tcp" => libc::IPPROTO_TCP,
+            "udp" => libc::IPPROTO_UDP,
+            p => return Err(format!("no table lookup for protocol {p}")),
+        };
+        self.ct
+            .holder_of_reply(proto as u8, reply)
+            .map_err(|e| format!("{e:#}"))
     }
 }

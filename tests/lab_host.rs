@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ctrace::ctstat::CpuStats;
@@ -27,17 +26,11 @@ use ctrace::lab::udp;
 use ctrace::record::Recording;
 use serde_json::Value;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Symptom probes see every netns of the host: on a shared host another
 /// workload's drops (tens of thousands per second, measured here) can fill the
 /// default 4 MiB ring buffer and lose records, which would make exact counts
 /// unverifiable. A bigger buffer keeps the lab's records.
 const RINGBUF_MB: &str = "64";
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Why these tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
@@ -86,6 +79,10 @@ impl Rec {
     }
 
     fn start_with(node: &str, tag: &str, extra: &[&str]) -> Rec {
+        Rec::start_env(node, tag, extra, &[])
+    }
+
+    fn start_env(node: &str, tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Rec {
         let dir = std::env::temp_dir().join(format!("ctrace-lab-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("rec.jsonl");
@@ -95,6 +92,7 @@ impl Rec {
             .args(extra)
             .arg("-o")
             .arg(&file)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -359,7 +357,7 @@ fn conntrack_table(
 #[test]
 fn symptoms_here_reports_only_the_traced_netns() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let tag = "lt-symhere";
     let t = Topology::create(tag, snat::CLIENTS).unwrap();
     let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
@@ -388,7 +386,7 @@ fn symptoms_here_reports_only_the_traced_netns() {
 #[test]
 fn snat_race_single_port_events_equal_kernel_counters_3_runs() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let mut seen = Vec::new();
     for run in 0..3 {
         let r = snat_run(&format!("lt-snat{run}"), Variant::Deterministic, 1);
@@ -400,7 +398,7 @@ fn snat_race_single_port_events_equal_kernel_counters_3_runs() {
 #[test]
 fn masquerade_race_events_equal_kernel_counters() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     // probabilistic: the failures may be 0, the agreement must be exact
     snat_run("lt-masq", Variant::Realistic, 8);
 }
@@ -410,7 +408,7 @@ fn masquerade_race_events_equal_kernel_counters() {
 #[test]
 fn snat_race_ipv6_events_equal_kernel_counters() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let r = snat_run_with("lt-snat6", Variant::Deterministic, 1, true);
     eprintln!(
         "snat ipv6: insert_failed {}, nat_alloc {}",
@@ -440,7 +438,7 @@ fn udp_lab(tag: &str) -> UdpLab {
 #[test]
 fn udp_race_dropped_events_equal_kernel_counters() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let tag = "lt-udpdrop";
     let mut l = udp_lab(tag);
     udp::prepare(&l.t, udp::PhaseKind::Dropped).unwrap();
@@ -499,7 +497,7 @@ fn udp_race_dropped_events_equal_kernel_counters() {
 #[test]
 fn udp_race_resolved_kernel_merges_and_loses_nothing() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let tag = "lt-udpres";
     let mut l = udp_lab(tag);
     udp::prepare(&l.t, udp::PhaseKind::Resolved).unwrap();
@@ -576,7 +574,7 @@ fn rule_drops_of_confirmed_flows_are_not_insert_failures() {
     use ctrace::lab::topology::{client_ip, cmd_in, join, spawn_in, SERVER_IP};
     use std::net::{SocketAddrV4, UdpSocket};
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     const PORT: u16 = 9100;
     const FLOWS: u64 = 100;
     let t = Topology::create("lt-ruledrop", 1).unwrap();
@@ -688,7 +686,7 @@ fn expected(c: Config, f: Forged) -> (u64, u64, Fate) {
 #[test]
 fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     invalid_run("lt-inval", false);
 }
 
@@ -696,7 +694,7 @@ fn invalid_rst_events_equal_kernel_counters_and_seen_rsts() {
 #[test]
 fn invalid_rst_ipv6_events_equal_kernel_counters() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     invalid_run("lt-inval6", true);
 }
 
@@ -809,17 +807,13 @@ fn ctrace_links() -> BTreeSet<u64> {
         .collect()
 }
 
-fn held_links(pid: u32) -> BTreeSet<u64> {
-    common::held_ids(pid, "link_id:")
-}
-
 /// Links held by any live process (other ctraces on a shared host).
 fn held_by_anyone() -> BTreeSet<u64> {
     let mut all = BTreeSet::new();
     if let Ok(d) = std::fs::read_dir("/proc") {
         for e in d.flatten() {
             if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
-                all.extend(held_links(pid));
+                all.extend(common::held_links(pid));
             }
         }
     }
@@ -829,11 +823,11 @@ fn held_by_anyone() -> BTreeSet<u64> {
 #[test]
 fn no_ctrace_link_remains_after_sigterm() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let t = Topology::create("lt-links", 1).unwrap();
     let before = ctrace_links();
     let rec = Rec::start(&t.names.node, "lt-links");
-    let ours = held_links(rec.pid());
+    let ours = common::held_links(rec.pid());
     let during = ctrace_links();
     assert!(ours.len() >= 4, "ctrace holds only {} links", ours.len());
     assert!(
@@ -856,7 +850,7 @@ fn no_ctrace_link_remains_after_sigterm() {
 #[test]
 fn lab_topology_is_removed_on_panic_and_refuses_existing_names() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let names = ctrace::lab::topology::Names::new("lt-guard").unwrap();
     let r = std::panic::catch_unwind(|| {
         let t = Topology::create("lt-guard", 1).unwrap();
@@ -883,7 +877,7 @@ fn lab_topology_is_removed_on_panic_and_refuses_existing_names() {
 #[test]
 fn record_lab_demo_agrees_and_cleans_up() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let dir = std::env::temp_dir().join(format!("ctrace-lab-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("rec.jsonl");
@@ -959,14 +953,7 @@ fn record_lab_demo_agrees_and_cleans_up() {
 
 fn lab_namespaces(pid: u32) -> Vec<String> {
     let needle = format!("-{pid}-");
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with("lt-cli") && n.contains(&needle))
-                .collect()
-        })
-        .unwrap_or_default()
+    common::named_netns(|n| n.starts_with("lt-cli") && n.contains(&needle))
 }
 
 /// `ctrace lab ... --json`: the machine-readable results agree with the
@@ -974,7 +961,7 @@ fn lab_namespaces(pid: u32) -> Vec<String> {
 #[test]
 fn lab_commands_print_json_and_clean_up() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let run = |args: &[&str]| -> (Value, u32) {
         let child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
             .args(args)
@@ -1026,7 +1013,7 @@ fn lab_commands_print_json_and_clean_up() {
 #[test]
 fn lab_stops_and_cleans_up_on_sigterm() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
         .args(["lab", "snat-race", "--rounds", "50", "--prefix", "lt-cli"])
         .stdout(Stdio::null())
@@ -1068,7 +1055,7 @@ fn lab_stops_and_cleans_up_on_sigterm() {
 #[test]
 fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let a = Topology::create("lt-crowd-a", snat::CLIENTS).unwrap();
     let b = Topology::create("lt-crowd-b", snat::CLIENTS).unwrap();
     let c = Topology::create("lt-crowd-c", 1).unwrap();
@@ -1163,7 +1150,7 @@ fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
 #[test]
 fn single_port_losers_are_k_minus_1_failed_incidents_naming_their_pods() {
     require_host!();
-    let _g = serial();
+    let _g = common::serial();
     let tag = "lt-incid";
     let t = Topology::create(tag, snat::CLIENTS).unwrap();
     let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
@@ -1207,4 +1194,110 @@ fn single_port_losers_are_k_minus_1_failed_incidents_naming_their_pods() {
         assert_eq!(i["workload"]["kind"], "netns", "{i}");
         assert_eq!(i["workload"]["name"], t.names.pods.as_str(), "{i}");
     }
+}
+
+/// A winner that predates the trace: one client holds the single SNAT port
+/// before ctrace starts, so no NAT allocation of it is seen; every later
+/// client loses, and each loser names the holder from the conntrack table
+/// (`seen:"table"`), which `conntrack -L` confirms.
+#[test]
+fn a_winner_older_than_the_trace_is_named_from_the_table() {
+    require_host!();
+    let _g = common::serial();
+    let tag = "lt-tablew";
+    let t = Topology::create(tag, snat::CLIENTS).unwrap();
+    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    // the holder: client 0, connected to round 0's server port, kept open
+    let dst = std::net::SocketAddr::new(t.server_addr(), snat::SERVER_PORT_BASE);
+    let (pods, local) = (
+        t.names.pods.clone(),
+        std::net::SocketAddr::new(t.client_addr(0), 0),
+    );
+    let held = std::thread::spawn(move || {
+        ctrace::netns::enter(&pods).unwrap();
+        let fd = ctrace::lab::sock::prepare_connect(local).unwrap();
+        ctrace::lab::sock::connect_prepared(fd, dst).unwrap()
+    })
+    .join()
+    .expect("the holder connects before the trace");
+    let rec = Rec::start(&t.names.node, tag);
+    let r = snat::run_round(&t, Variant::Deterministic, 0).unwrap();
+    let table = conntrack_table(&t.names.node);
+    std::thread::sleep(Duration::from_secs(1));
+    let (rec, _inc) = rec.stop_all();
+    drop(held);
+    let k = kernel(&rec);
+    let node = t.node_inode;
+    let losers = of_kind(&rec, Kind::InsertFailed, node);
+    eprintln!(
+        "{tag}: {} clients, {} connected, insert_failed events {} = kernel {}",
+        r.clients.len(),
+        r.connected(),
+        losers.len(),
+        k.insert_failed
+    );
+    assert_eq!(r.connected(), 0, "the one port is held: {:?}", r.clients);
+    assert_eq!(losers.len() as u64, k.insert_failed);
+    assert!(k.insert_failed >= r.clients.len() as u64);
+    for e in losers {
+        let w = e
+            .winner
+            .known()
+            .unwrap_or_else(|| panic!("no winner named: {e:?} ({:?})", e.winner_unknown));
+        assert_eq!(w.seen, "table", "{e:?}");
+        assert_eq!(w.cpu, None, "a table winner has no allocation CPU: {e:?}");
+        let holder = table
+            .get(&e.reply.unwrap())
+            .expect("the table holds the reply tuple");
+        assert_eq!(&w.orig, holder, "winner of {e:?}");
+    }
+}
+
+/// A reader that lags 2 s behind the ring (a loaded node, a VM: seen in the
+/// VM matrix under TCG) must not split a loser's story: the stage closes by
+/// the time up to which everything has been read, not by "now". Losers'
+/// SYNs come 1 s apart, so a stage that closed by "now" would close each
+/// race after its first failure and open a second one for the retransmit.
+#[test]
+fn a_lagging_reader_keeps_each_losers_story_whole() {
+    require_host!();
+    let _g = common::serial();
+    let tag = "lt-lag";
+    let t = Topology::create(tag, snat::CLIENTS).unwrap();
+    let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&t).unwrap();
+    let rec = Rec::start_env(
+        &t.names.node,
+        tag,
+        &[],
+        &[("CTRACE_TEST_READER_LAG_MS", "2000")],
+    );
+    let r = snat::run_round(&t, Variant::Deterministic, 0).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let (rec, inc) = rec.stop_all();
+    let k = kernel(&rec);
+    let losers: std::collections::HashSet<_> = of_kind(&rec, Kind::InsertFailed, t.node_inode)
+        .iter()
+        .map(|e| e.orig)
+        .collect();
+    let races: Vec<&Value> = inc.iter().filter(|i| i["kind"] == "snat_race").collect();
+    let sum: u64 = races
+        .iter()
+        .map(|i| i["events"]["insert_failed"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "{tag}: {} clients, {} losers, snat_race incidents {}, their insert_failed {sum} = kernel {}",
+        r.clients.len(),
+        losers.len(),
+        races.len(),
+        k.insert_failed
+    );
+    assert_eq!(losers.len(), r.clients.len() - 1);
+    assert_eq!(
+        races.len(),
+        losers.len(),
+        "one incident per loser: {races:#?}"
+    );
+    assert_eq!(sum, k.insert_failed);
 }

@@ -12,18 +12,11 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ctrace::lab::server::Server;
 use ctrace::lab::snat::{self, Variant};
 use ctrace::lab::topology::Topology;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn skip_reason(tools: &[&str]) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -312,7 +305,7 @@ fn prometheus_scrapes_exactly_the_kernels_insert_failures() {
         eprintln!("skipped: {why}");
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let t = Topology::create("sv-snat", snat::CLIENTS).unwrap();
     let _srv = Server::start(&t.names.server, snat::server_ports()).unwrap();
     Variant::Deterministic.install(&t).unwrap();
@@ -441,7 +434,7 @@ fn serve_ends_cleanly_on_every_ending_signal() {
         eprintln!("skipped: {why}");
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let dir = std::env::temp_dir().join(format!("ctrace-serve-sig-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {

@@ -8,17 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn skip() -> bool {
     if !nix::unistd::geteuid().is_root() {
@@ -38,25 +31,7 @@ fn dir(tag: &str) -> PathBuf {
 /// Namespaces a lab started by `pid` made (prefix ctlab-<pid>-).
 fn lab_namespaces(pid: u32) -> Vec<String> {
     let prefix = format!("ctlab-{pid}-");
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn links_held(pid: u32) -> BTreeSet<u64> {
-    common::held_ids(pid, "link_id:")
-}
-
-fn listed_links() -> BTreeSet<u64> {
-    common::bpftool_list("link")
-        .iter()
-        .filter_map(|l| l["id"].as_u64())
-        .collect()
+    common::named_netns(|n| n.starts_with(&prefix))
 }
 
 /// Waits until `file` holds a first line (the header: every probe attached)
@@ -65,7 +40,7 @@ fn wait_attached(child: &mut Child, file: &Path) -> BTreeSet<u64> {
     let t0 = Instant::now();
     loop {
         let s = std::fs::read_to_string(file).unwrap_or_default();
-        let links = links_held(child.id());
+        let links = common::held_links(child.id());
         if s.contains('\n') && links.len() >= 4 {
             return links;
         }
@@ -110,7 +85,10 @@ fn trailer(file: &Path) -> serde_json::Value {
 }
 
 fn check_clean(pid: u32, links: &BTreeSet<u64>, what: &str) {
-    let left: Vec<u64> = listed_links().intersection(links).copied().collect();
+    let left: Vec<u64> = common::listed_links()
+        .intersection(links)
+        .copied()
+        .collect();
     assert!(
         left.is_empty(),
         "{what}: BPF links left (bpftool): {left:?}"
@@ -124,7 +102,7 @@ fn record_lab_ends_cleanly_on_int_term_hup_quit() {
     if skip() {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let d = dir("record");
     for sig in [
         Signal::SIGINT,
@@ -164,7 +142,7 @@ fn check_lab_ends_cleanly_on_int_term_hup_quit() {
     if skip() {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     for sig in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -181,7 +159,7 @@ fn check_lab_ends_cleanly_on_int_term_hup_quit() {
         // attached once it holds its links
         let t0 = Instant::now();
         let links = loop {
-            let l = links_held(pid);
+            let l = common::held_links(pid);
             if l.len() >= 4 {
                 break l;
             }
@@ -223,7 +201,7 @@ fn stop_cont_and_ptrace_never_end_a_recording() {
     if skip() {
         return;
     }
-    let _g = serial();
+    let _g = common::serial();
     let d = dir("stop");
     let file = d.join("rec.jsonl");
     let t0 = Instant::now();

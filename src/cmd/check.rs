@@ -50,15 +50,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
 
     let header = traced.session.header();
     let mut agg = Aggregate::for_netns(Some(header.netns));
-    let stable_confirm = traced
-        .session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = traced.session.correlator();
     let t0 = Instant::now();
     let deadline = t0 + a.duration;
     let mut last_progress = Instant::now();
@@ -68,12 +60,11 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
             ended_early = true;
             break;
         }
-        if let Some(batch) = traced.session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                agg.add_output(&corr.push(e));
-            }
-        }
-        agg.add_output(&corr.tick(crate::sys::monotonic_ns()));
+        agg.add_output(
+            &traced
+                .session
+                .next_output(&mut corr, Duration::from_millis(100)),
+        );
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             super::run::progress(format!(

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
-use crate::incident::{self, Correlator};
+use crate::incident;
 use crate::record::{Line, Trailer, Writer};
 use crate::symbolize::KernelSymbols;
 use crate::workload::Resolver;
@@ -39,14 +39,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut write_err = None;
 
     // events -> incidents (held ~200 ms to join each story), then the file
-    let stable_confirm = session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = Correlator::new(incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = session.correlator();
     let mut incidents: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut emit = |out: incident::Output,
                     w: &mut Writer,
@@ -90,17 +83,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
                 break;
             }
         }
-        let mut out = incident::Output::default();
-        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                let o = corr.push(e);
-                out.events.extend(o.events);
-                out.incidents.extend(o.incidents);
-            }
-        }
-        let o = corr.tick(crate::sys::monotonic_ns());
-        out.events.extend(o.events);
-        out.incidents.extend(o.incidents);
+        let out = session.next_output(&mut corr, Duration::from_millis(100));
         if let Err(err) = emit(out, &mut w, &mut counts, &mut total, &mut incidents) {
             write_err = Some(err);
         }

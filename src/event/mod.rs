@@ -231,8 +231,10 @@ pub struct Event {
 pub struct Winner {
     pub orig: Tuple,
     pub reply: Tuple,
-    pub cpu: u32,
-    pub ts_ns: u64,
+    /// The CPU and time of the winner's NAT allocation (`seen:"nat"`); null
+    /// when it was found in the table instead (`seen:"table"`).
+    pub cpu: Option<u32>,
+    pub ts_ns: Option<u64>,
     /// "nat": from the NAT allocation that took the reply tuple; "table": from
     /// the conntrack table.
     pub seen: String,

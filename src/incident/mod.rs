@@ -56,6 +56,20 @@ pub const MAX_HELD: usize = 8_192;
 /// Allocations remembered per reply tuple and per original tuple.
 const PER_KEY: usize = 16;
 
+/// Table lookups allowed per second of event time (a storm of losers whose
+/// winners predate the trace must not turn into a storm of netlink requests).
+pub const TABLE_LOOKUPS_PER_S: u32 = 1_000;
+
+/// The conntrack table, asked who holds a loser's reply tuple when no NAT
+/// allocation of it was seen (it predates the trace, or the nat probe is
+/// off). Live faces give one (a ctnetlink GET in the traced netns); offline
+/// there is none: the table of a recording's node is gone.
+pub trait Table {
+    /// The original tuple of the entry whose reply tuple is `reply`, in the
+    /// netns `netns` (`None`: no entry holds it); `Err`: why it can't tell.
+    fn holder(&mut self, netns: u32, e: &Event, reply: &Tuple) -> Result<Option<Tuple>, String>;
+}
+
 /// One line of a recording: `{"type":"incident",...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
@@ -108,7 +122,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn extend(&mut self, o: Output) {
+    pub fn extend(&mut self, o: Output) {
         self.events.extend(o.events);
         self.incidents.extend(o.incidents);
     }
@@ -209,6 +223,9 @@ pub struct Correlator {
     drops: HashMap<(Tuple, u32), (u64, u64)>,
     next_id: u64,
     closed: Vec<Incident>,
+    table: Option<Box<dyn Table + Send>>,
+    /// (second of event time, lookups made in it)
+    table_budget: (u64, u32),
 }
 
 impl Correlator {
@@ -230,7 +247,15 @@ impl Correlator {
             drops: HashMap::new(),
             next_id: 1,
             closed: Vec::new(),
+            table: None,
+            table_budget: (0, 0),
         }
+    }
+
+    /// Asks `table` for winners no NAT allocation names (`seen:"table"`).
+    pub fn with_table(mut self, table: Box<dyn Table + Send>) -> Correlator {
+        self.table = Some(table);
+        self
     }
 
     /// Takes one event; returns what leaves the delay line.
@@ -563,7 +588,7 @@ impl Correlator {
     }
 
     /// The winner of a loser's reply tuple, from the NAT allocations seen.
-    fn winner_of(&self, e: &Event) -> (WinnerSlot, Option<String>) {
+    fn winner_of(&mut self, e: &Event) -> (WinnerSlot, Option<String>) {
         let Some(reply) = e.reply else {
             return (
                 WinnerSlot::Unknown,
@@ -582,18 +607,65 @@ impl Correlator {
                 let first = self
                     .by_orig
                     .get(&e.orig)
-                    .and_then(|q| q.iter().filter(|(ts, _)| *ts <= e.ts_ns).min_by_key(|(ts, _)| *ts))
+                    .and_then(|q| {
+                        q.iter()
+                            .filter(|(ts, _)| *ts <= e.ts_ns)
+                            .min_by_key(|(ts, _)| *ts)
+                    })
                     .and_then(|(ts, reply)| {
-                        self.allocs.get(reply)?.iter().find(|a| a.orig == e.orig && a.ts_ns == *ts)
+                        self.allocs
+                            .get(reply)?
+                            .iter()
+                            .find(|a| a.orig == e.orig && a.ts_ns == *ts)
                     });
                 match first {
                     Some(a) => (WinnerSlot::Known(Box::new(winner(a))), None),
                     None => (WinnerSlot::Unknown, Some("no NAT allocation of this tuple was seen (it predates the trace, or the nat probe is off)".into())),
                 }
             }
-            (None, _) => (
+            (None, _) => self.winner_in_table(e, &reply),
+        }
+    }
+
+    /// No allocation names the winner: the table, if there is one, within
+    /// its budget. Asked when the loser leaves the delay line (~200 ms after
+    /// the loss): the winner's entry lives far longer (SYN_SENT: 120 s).
+    fn winner_in_table(&mut self, e: &Event, reply: &Tuple) -> (WinnerSlot, Option<String>) {
+        let unseen = "no NAT allocation of this reply tuple was seen (it predates the trace, or the nat probe is off)";
+        let Some(table) = self.table.as_mut() else {
+            return (WinnerSlot::Unknown, Some(unseen.into()));
+        };
+        let sec = e.ts_ns / 1_000_000_000;
+        if self.table_budget.0 != sec {
+            self.table_budget = (sec, 0);
+        }
+        if self.table_budget.1 >= TABLE_LOOKUPS_PER_S {
+            return (
                 WinnerSlot::Unknown,
-                Some("no NAT allocation of this reply tuple was seen (it predates the trace, or the nat probe is off)".into()),
+                Some(format!("{unseen}; more losers this second than the {TABLE_LOOKUPS_PER_S} table lookups allowed")),
+            );
+        }
+        self.table_budget.1 += 1;
+        match table.holder(e.netns, e, reply) {
+            Ok(Some(orig)) if orig != e.orig => (
+                WinnerSlot::Known(Box::new(Winner {
+                    orig,
+                    reply: *reply,
+                    cpu: None,
+                    ts_ns: None,
+                    seen: "table".into(),
+                })),
+                None,
+            ),
+            Ok(_) => (
+                WinnerSlot::Unknown,
+                Some(format!(
+                    "{unseen}, and no other entry holds it in the table now (the winner is gone)"
+                )),
+            ),
+            Err(why) => (
+                WinnerSlot::Unknown,
+                Some(format!("{unseen}; the table: {why}")),
             ),
         }
     }
@@ -794,8 +866,8 @@ fn winner(a: &Alloc) -> Winner {
     Winner {
         orig: a.orig,
         reply: a.reply,
-        cpu: a.cpu,
-        ts_ns: a.ts_ns,
+        cpu: Some(a.cpu),
+        ts_ns: Some(a.ts_ns),
         seen: "nat".into(),
     }
 }

@@ -213,26 +213,9 @@ fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool, 
     let mut resolver = workloads.then(|| crate::workload::Resolver::new("/"));
     let mut last = Instant::now();
     let mut first = true;
-    let stable_confirm = session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = session.correlator();
     while !stop.load(Ordering::Relaxed) {
-        let mut out = crate::incident::Output::default();
-        if let Some(batch) = session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                let o = corr.push(e);
-                out.events.extend(o.events);
-                out.incidents.extend(o.incidents);
-            }
-        }
-        let o = corr.tick(crate::sys::monotonic_ns());
-        out.events.extend(o.events);
-        out.incidents.extend(o.incidents);
+        let mut out = session.next_output(&mut corr, Duration::from_millis(100));
         if let Some(r) = resolver.as_mut() {
             for e in &mut out.events {
                 r.fill(e);

@@ -8,8 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use anyhow::{Context, Result};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use crate::netlink::{attrs, Conn, NLM_F_DUMP, NLM_F_REQUEST};
 use nix::sched::{setns, CloneFlags};
 
 /// A network namespace found on the node: its inode and a path that opens it
@@ -62,72 +64,21 @@ fn addresses_in(path: &Path) -> Result<Vec<IpAddr>> {
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 
 /// RTM_GETADDR dump of the calling thread's network namespace.
 pub fn dump_addresses() -> Result<Vec<IpAddr>> {
-    let mut sock = Socket::new(NETLINK_ROUTE).context("opening a rtnetlink socket")?;
-    sock.bind_auto().context("binding a rtnetlink socket")?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .context("connecting a rtnetlink socket")?;
-    let tv = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: tv is a live timeval of the size passed; the fd is the socket's.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("setting a rtnetlink receive timeout");
-    }
-    // nlmsghdr (16) + struct ifaddrmsg (8), family AF_UNSPEC: every family
-    let mut req = Vec::with_capacity(24);
-    req.extend_from_slice(&24u32.to_ne_bytes());
-    req.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[0u8; 8]);
-    sock.send(&req, 0).context("sending RTM_GETADDR")?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = sock
-            .recv(&mut &mut buf[..], 0)
-            .context("reading RTM_GETADDR")?;
-        if n == 0 {
-            bail!("rtnetlink closed the socket");
-        }
-        let mut off = 0;
-        while off + 16 <= n {
-            let mlen = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
-            let mtype = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
-            if mlen < 16 || off + mlen > n {
-                bail!("malformed rtnetlink message");
-            }
-            match mtype {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => bail!("rtnetlink refused RTM_GETADDR"),
-                RTM_NEWADDR => {
-                    if let Some(a) = parse_newaddr(&buf[off + 16..off + mlen]) {
-                        out.push(a);
-                    }
-                }
-                _ => {}
-            }
-            off += (mlen + 3) & !3;
+    let mut conn = Conn::open(NETLINK_ROUTE, "rtnetlink", 2)?;
+    // struct ifaddrmsg (8), family AF_UNSPEC: every family
+    match conn.exchange(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, &[0u8; 8])? {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .filter(|m| u16::from_ne_bytes([m[4], m[5]]) == RTM_NEWADDR)
+            .filter_map(|m| parse_newaddr(&m[16..]))
+            .collect()),
+        Err(code) => {
+            Err(io::Error::from_raw_os_error(code)).context("rtnetlink refused RTM_GETADDR")
         }
     }
 }
@@ -136,15 +87,8 @@ pub fn dump_addresses() -> Result<Vec<IpAddr>> {
 /// (the peer is IFA_ADDRESS on point-to-point links), else IFA_ADDRESS.
 fn parse_newaddr(p: &[u8]) -> Option<IpAddr> {
     let family = *p.first()?;
-    let mut b = p.get(8..)?;
     let (mut local, mut address) = (None, None);
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        let v = &b[4..len];
+    for (ty, v) in attrs(p.get(8..)?) {
         let ip = match (family as i32, v.len()) {
             (libc::AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))),
             (libc::AF_INET6, 16) => {
@@ -158,7 +102,6 @@ fn parse_newaddr(p: &[u8]) -> Option<IpAddr> {
             IFA_ADDRESS => address = ip,
             _ => {}
         }
-        b = &b[((len + 3) & !3).min(b.len())..];
     }
     local.or(address)
 }

@@ -1,6 +1,40 @@
 //! Helpers shared by the root-only integration tests.
 #![allow(dead_code)]
 use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Tests of one binary that need the machine's BPF and netns state to
+/// themselves run one at a time (a failed one does not poison the rest).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// BPF link ids a process holds open.
+pub fn held_links(pid: u32) -> BTreeSet<u64> {
+    held_ids(pid, "link_id:")
+}
+
+/// Every BPF link the kernel lists.
+pub fn listed_links() -> BTreeSet<u64> {
+    bpftool_list("link")
+        .iter()
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+/// Named network namespaces (`/run/netns`) whose name `keep` accepts.
+pub fn named_netns(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// BPF object IDs a process holds open: its fdinfo says `prog_id:` or
 /// `link_id:` for each BPF fd (bpftool's `pids` needs a build that Debian's

@@ -219,6 +219,9 @@ record() {
         return 1
     fi
     traffic_$sc >/tmp/traffic-$m-$sc.out 2>&1
+    # the table right after the round: who holds each reply tuple (the
+    # winners each insert failure must name)
+    ns node conntrack -L >/tmp/table-$m-$sc.txt 2>/dev/null
     b=$(up)
     sleep 1
     kill -TERM $pid
@@ -228,7 +231,7 @@ record() {
     ns node conntrack -S >/tmp/ctstat-after-$m-$sc.txt 2>&1
     dmesg | grep 'nf_ct_proto_' >/tmp/klog-$m-$sc.txt
     say "RECORD mode=$m scenario=$sc rc=$rc attach_secs=$(awk "BEGIN{printf \"%.2f\", $a-$s}") traffic_secs=$(awk "BEGIN{printf \"%.2f\", $b-$a}") stop_secs=$(awk "BEGIN{printf \"%.2f\", $e-$b}") traffic=\"$(tr '\n' ' ' </tmp/traffic-$m-$sc.out)\""
-    for f in rec-$m-$sc.jsonl rec-$m-$sc.err traffic-$m-$sc.out ctstat-before-$m-$sc.txt ctstat-after-$m-$sc.txt klog-$m-$sc.txt; do
+    for f in rec-$m-$sc.jsonl rec-$m-$sc.err traffic-$m-$sc.out ctstat-before-$m-$sc.txt ctstat-after-$m-$sc.txt klog-$m-$sc.txt table-$m-$sc.txt; do
         emit $f /tmp/$f
     done
     return $rc

@@ -160,15 +160,7 @@ fn trace(
         })?;
     }
     let mut syms = KernelSymbols::new();
-    let stable_confirm = traced
-        .session
-        .plan
-        .get(crate::probe::Probe::Confirm)
-        .and_then(|p| p.chosen)
-        == Some(crate::probe::Flavour::Stable);
-    let mut corr = crate::incident::Correlator::new(crate::incident::Config {
-        synthesize_clashes: stable_confirm,
-    });
+    let mut corr = traced.session.correlator();
     let mut workloads =
         (!a.trace.no_workloads).then(|| crate::workload::Resolver::new(std::path::Path::new("/")));
     // events through the correlation stage, then the file and the counters
@@ -200,17 +192,9 @@ fn trace(
     let mut last_kernel = Instant::now();
     let mut last_tick = Instant::now();
     while !traced.stop_requested() {
-        let mut out = crate::incident::Output::default();
-        if let Some(batch) = traced.session.recv_timeout(Duration::from_millis(100)) {
-            for e in batch {
-                let o = corr.push(e);
-                out.events.extend(o.events);
-                out.incidents.extend(o.incidents);
-            }
-        }
-        let o = corr.tick(crate::sys::monotonic_ns());
-        out.events.extend(o.events);
-        out.incidents.extend(o.incidents);
+        let out = traced
+            .session
+            .next_output(&mut corr, Duration::from_millis(100));
         emit(out, rot.as_deref_mut())?;
         if last_kernel.elapsed() >= KERNEL_EVERY {
             last_kernel = Instant::now();

@@ -314,10 +314,14 @@ pub fn timeline_lines(app: &App, id: u64) -> Vec<Line<'static>> {
         lines.push(Line::from(format!("translated  {t}")));
     }
     match (&i.winner, &i.winner_unknown) {
-        (Some(w), _) => lines.push(Line::from(format!(
-            "winner      {} (reply {}, cpu {}, seen {})",
-            w.orig, w.reply, w.cpu, w.seen
-        ))),
+        (Some(w), _) => {
+            // a winner found in the conntrack table has no CPU
+            let cpu = w.cpu.map(|c| format!("cpu {c}, ")).unwrap_or_default();
+            lines.push(Line::from(format!(
+                "winner      {} (reply {}, {cpu}seen {})",
+                w.orig, w.reply, w.seen
+            )))
+        }
         (None, Some(why)) => lines.push(Line::from(format!("winner      unknown: {why}"))),
         (None, None) => {}
     }
