@@ -75,6 +75,21 @@ pub enum Command {
     Lab(LabArgs),
     /// Serve Prometheus metrics (/metrics, /healthz, /readyz) while tracing, until SIGTERM.
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "bash: ctrace completions bash > /etc/bash_completion.d/ctrace\n\
+zsh:  ctrace completions zsh > \"${fpath[1]}/_ctrace\"\n\
+fish: ctrace completions fish > ~/.config/fish/completions/ctrace.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `ctrace man | man -l -`.
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug, Clone)]

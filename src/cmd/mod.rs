@@ -3,6 +3,7 @@
 //! the engine, which never sees a clap type.
 
 pub mod check;
+pub mod docs;
 pub mod doctor;
 pub mod lab;
 pub mod probes;
@@ -28,6 +29,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Doctor(a) => doctor::run(&a),
         Command::Lab(a) => lab::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Completions(a) => docs::completions(&a),
+        Command::Man => docs::man(),
     }
 }
 

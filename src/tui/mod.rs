@@ -65,7 +65,8 @@ pub fn run(a: &TopArgs) -> Result<i32> {
     };
     let (tx, rx) = mpsc::sync_channel(256);
     let traffic = lab.as_ref().map(|l| l.traffic());
-    let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone(), traffic)?;
+    let workloads = !a.trace.no_workloads;
+    let (info, session) = start_live(cfg, origin, tx.clone(), stop.clone(), traffic, workloads)?;
     if let Some(l) = lab.as_mut() {
         l.resume();
     }
@@ -156,6 +157,7 @@ fn start_live(
     tx: SyncSender<Msg>,
     stop: Arc<AtomicBool>,
     traffic: Option<crate::lab::Traffic>,
+    workloads: bool,
 ) -> Result<(SourceInfo, JoinHandle<()>)> {
     let (itx, irx) = mpsc::channel::<Result<SourceInfo>>();
     let h = std::thread::Builder::new()
@@ -188,7 +190,7 @@ fn start_live(
                     .spawn(move || node_loop(tx, stop))
                     .ok()
             };
-            session_loop(&mut session, &tx, &stop);
+            session_loop(&mut session, &tx, &stop, workloads);
             stop.store(true, Ordering::Relaxed);
             // the driver's order: the lab's traffic stops before the detach
             let _ = crate::cmd::run::finish(session, traffic.as_ref());
@@ -210,12 +212,25 @@ fn start_live(
     }
 }
 
-fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool) {
+fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool, workloads: bool) {
+    // as `record` does, on this consumer thread: a lookup is a cache hit, a
+    // scan of the node on a miss at most once a second
+    let mut resolver = workloads.then(|| crate::workload::Resolver::new("/"));
     let mut last = Instant::now();
     let mut first = true;
     let mut corr = session.correlator();
     while !stop.load(Ordering::Relaxed) {
-        let out = session.next_output(&mut corr, Duration::from_millis(100));
+        let mut out = session.next_output(&mut corr, Duration::from_millis(100));
+        if let Some(r) = resolver.as_mut() {
+            for e in &mut out.events {
+                r.fill(e);
+            }
+            for i in &mut out.incidents {
+                i.workload = r
+                    .resolve(i.flow.src)
+                    .and_then(|w| serde_json::to_value(w).ok());
+            }
+        }
         if !out.events.is_empty() && tx.send(Msg::Events(out.events)).is_err() {
             return;
         }

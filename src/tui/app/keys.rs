@@ -5,7 +5,7 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::filter::Filter;
-use super::{App, Mode, Panel, SortCol, TopView};
+use super::{App, IncidentScope, Mode, Panel, SortCol, TopView};
 
 /// The modes a binding applies in: a [`Mode`] without its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,9 +13,10 @@ pub enum Scope {
     Normal,
     /// Typing a filter: keys the table does not name are typed.
     Filter,
-    /// Keys the table does not name close the help.
+    /// The help or the legend: keys the table does not name close it.
     Help,
-    /// Keys the table does not name close the event's record.
+    /// An event's record or an incident's timeline: keys the table does not
+    /// name close it.
     Detail,
 }
 
@@ -24,8 +25,8 @@ impl Scope {
         match mode {
             Mode::Normal => Scope::Normal,
             Mode::Filter => Scope::Filter,
-            Mode::Help => Scope::Help,
-            Mode::Detail(_) => Scope::Detail,
+            Mode::Help | Mode::Legend => Scope::Help,
+            Mode::Detail(_) | Mode::Timeline(_) => Scope::Detail,
         }
     }
 }
@@ -57,6 +58,13 @@ pub enum Action {
     Quit,
     TogglePause,
     OpenHelp,
+    OpenLegend,
+    /// Scroll the help or the legend by lines.
+    ScrollHelp(i64),
+    /// Scroll the event log sideways by columns.
+    ScrollLog(i64),
+    /// Esc: out of an incident list to the top table, else clear the filter.
+    Back,
     /// Start typing the filter, from the one in force.
     EditFilter,
     /// Stop typing and keep the filter.
@@ -74,8 +82,9 @@ pub enum Action {
     Scroll(i64),
     /// Scroll the event's record by lines.
     ScrollDetail(i64),
-    /// The selected log event's full record.
-    OpenDetail,
+    /// Enter: the selected event's full record, the selected destination's
+    /// or flow's incidents, or the selected incident's timeline.
+    Open,
 }
 
 /// A key: its code and the modifiers that must be held. Others may be held
@@ -122,6 +131,10 @@ const PAGE: i64 = 10;
 /// Far enough to reach either end of any panel, and far from overflowing.
 const FIRST: i64 = i64::MIN / 2;
 const LAST: i64 = i64::MAX / 2;
+/// Columns per ←/→ in the event log.
+const LOG_STEP: i64 = 8;
+/// How far the log scrolls sideways.
+pub const LOG_HSCROLL_MAX: u16 = 400;
 /// How far the event's record scrolls.
 pub const DETAIL_SCROLL_MAX: u16 = 200;
 
@@ -159,9 +172,34 @@ pub static KEYS: &[Binding] = &[
     },
     Binding {
         scopes: NORMAL,
-        keys: &[(ch('?'), Action::OpenHelp)],
+        keys: &[(ch('h'), Action::OpenHelp), (code(KeyCode::F(1)), Action::OpenHelp)],
+        label: "h / F1",
+        help: "this help",
+        group: Group::Session,
+    },
+    Binding {
+        scopes: NORMAL,
+        keys: &[(ch('?'), Action::OpenLegend)],
         label: "?",
-        help: "",
+        help: "legend: colours, marks, columns",
+        group: Group::Session,
+    },
+    Binding {
+        scopes: &[Scope::Help],
+        keys: &[
+            (code(KeyCode::Up), Action::ScrollHelp(-1)),
+            (ch('k'), Action::ScrollHelp(-1)),
+            (code(KeyCode::Down), Action::ScrollHelp(1)),
+            (ch('j'), Action::ScrollHelp(1)),
+            (code(KeyCode::PageUp), Action::ScrollHelp(-PAGE)),
+            (code(KeyCode::PageDown), Action::ScrollHelp(PAGE)),
+            (code(KeyCode::Home), Action::ScrollHelp(FIRST)),
+            (ch('g'), Action::ScrollHelp(FIRST)),
+            (code(KeyCode::End), Action::ScrollHelp(LAST)),
+            (ch('G'), Action::ScrollHelp(LAST)),
+        ],
+        label: "in help: ↑↓ j k PgUp PgDn Home End",
+        help: "scroll it (other keys close it)",
         group: Group::Session,
     },
     Binding {
@@ -189,7 +227,17 @@ pub static KEYS: &[Binding] = &[
             (ch('G'), Action::Scroll(LAST)),
         ],
         label: "↑↓ PgUp PgDn Home End",
-        help: "scroll the focused one",
+        help: "scroll the focused one (top, incidents: its first row is the selection)",
+        group: Group::Move,
+    },
+    Binding {
+        scopes: NORMAL,
+        keys: &[
+            (code(KeyCode::Left), Action::ScrollLog(-LOG_STEP)),
+            (code(KeyCode::Right), Action::ScrollLog(LOG_STEP)),
+        ],
+        label: "←/→",
+        help: "scroll the event log sideways",
         group: Group::Move,
     },
     Binding {
@@ -244,17 +292,24 @@ pub static KEYS: &[Binding] = &[
     },
     Binding {
         scopes: NORMAL,
-        keys: &[(code(KeyCode::Enter), Action::OpenDetail)],
+        keys: &[(code(KeyCode::Enter), Action::Open)],
         label: "Enter",
-        help: "the selected event's full record",
+        help: "on an event: its full record; on a destination or flow: its incidents; on an incident: its timeline",
         group: Group::Event,
     },
     Binding {
-        scopes: &[Scope::Normal, Scope::Filter],
+        scopes: NORMAL,
+        keys: &[(code(KeyCode::Esc), Action::Back)],
+        label: "Esc",
+        help: "back (from a destination's incidents), clear the filter, close",
+        group: Group::Event,
+    },
+    Binding {
+        scopes: &[Scope::Filter],
         keys: &[(code(KeyCode::Esc), Action::ClearFilter)],
         label: "Esc",
-        help: "clear the filter / close",
-        group: Group::Event,
+        help: "",
+        group: Group::Filter,
     },
 ];
 
@@ -281,7 +336,9 @@ impl App {
                     self.set_filter();
                 }
             }
-            Mode::Help | Mode::Detail(_) => self.mode = Mode::Normal,
+            Mode::Help | Mode::Legend | Mode::Detail(_) | Mode::Timeline(_) => {
+                self.mode = Mode::Normal
+            }
             Mode::Normal => {}
         }
     }
@@ -290,7 +347,31 @@ impl App {
         match a {
             Action::Quit => self.quit = true,
             Action::TogglePause => self.toggle_pause(),
-            Action::OpenHelp => self.mode = Mode::Help,
+            Action::OpenHelp => {
+                self.help_scroll = 0;
+                self.mode = Mode::Help;
+            }
+            Action::OpenLegend => {
+                self.help_scroll = 0;
+                self.mode = Mode::Legend;
+            }
+            Action::ScrollHelp(d) => {
+                // the drawing clamps it to the text's length
+                self.help_scroll = (i64::from(self.help_scroll) + d).clamp(0, 10_000) as u16;
+            }
+            Action::ScrollLog(d) => {
+                let max = i64::from(LOG_HSCROLL_MAX);
+                self.log_hscroll = (i64::from(self.log_hscroll) + d).clamp(0, max) as u16;
+            }
+            Action::Back => {
+                if self.incident_scope.take().is_some() {
+                    self.scroll[4] = 0;
+                    self.focus = Panel::Top;
+                } else {
+                    self.filter_input.clear();
+                    self.set_filter();
+                }
+            }
             Action::EditFilter => {
                 self.filter_input = self.filter.text.clone();
                 self.mode = Mode::Filter;
@@ -305,8 +386,13 @@ impl App {
                 self.filter_input.pop();
                 self.set_filter();
             }
-            Action::NextPanel => self.focus = Panel::ALL[(self.focus.index() + 1) % 4],
-            Action::PrevPanel => self.focus = Panel::ALL[(self.focus.index() + 3) % 4],
+            Action::NextPanel => {
+                self.focus = Panel::ALL[(self.focus.index() + 1) % Panel::ALL.len()]
+            }
+            Action::PrevPanel => {
+                let n = Panel::ALL.len();
+                self.focus = Panel::ALL[(self.focus.index() + n - 1) % n]
+            }
             Action::NextSort => self.cycle_sort(),
             Action::ReverseSort => self.sort_desc = !self.sort_desc,
             Action::ToggleTopView => {
@@ -324,20 +410,38 @@ impl App {
                 let max = i64::from(DETAIL_SCROLL_MAX);
                 self.detail_scroll = (i64::from(self.detail_scroll) + d).clamp(0, max) as u16;
             }
-            Action::OpenDetail => {
-                if self.focus == Panel::Log {
+            Action::Open => match self.focus {
+                Panel::Log => {
                     if let Some(seq) = self.selected_seq() {
                         self.detail_scroll = 0;
                         self.mode = Mode::Detail(seq);
                     }
                 }
-            }
+                Panel::Top => {
+                    if let Some(r) = self.selected_top_row() {
+                        self.incident_scope = Some(IncidentScope {
+                            dst: r.dst,
+                            src: r.src,
+                        });
+                        self.scroll[4] = 0;
+                        self.focus = Panel::Incidents;
+                    }
+                }
+                Panel::Incidents => {
+                    if let Some(id) = self.selected_incident().map(|i| i.id) {
+                        self.detail_scroll = 0;
+                        self.mode = Mode::Timeline(id);
+                    }
+                }
+                Panel::Counters | Panel::Cpu => {}
+            },
         }
     }
 
     fn set_filter(&mut self) {
         self.filter = Filter::parse(&self.filter_input);
         self.scroll[2] = 0;
+        self.scroll[4] = 0;
     }
 
     fn cycle_sort(&mut self) {
@@ -426,6 +530,8 @@ mod tests {
         assert_eq!(app.mode, Mode::Normal);
         // other panels clamp their scroll to their rows
         app.update(code(KeyCode::Tab));
+        assert_eq!(app.focus, Panel::Incidents);
+        app.update(code(KeyCode::Tab));
         assert_eq!(app.focus, Panel::Counters);
         app.update(code(KeyCode::End));
         assert_eq!(app.scroll[0], app.counter_rows().len() - 1);
@@ -458,7 +564,7 @@ mod tests {
     fn help_and_detail_close_on_keys_the_table_does_not_name_there() {
         let mut app = App::new(info());
         app.update(Msg::Events(vec![ev(0, Kind::NatAlloc, 80)]));
-        app.update(key('?'));
+        app.update(key('h'));
         assert_eq!(app.mode, Mode::Help);
         app.update(key('p')); // pauses in the detail, not in the help
         assert_eq!(app.mode, Mode::Normal);

@@ -21,7 +21,7 @@ pub use filter::{Filter, Term};
 pub use keys::{Action, Binding, Group, Key, Scope, KEYS};
 pub use model::{
     kernel_counter, kind_index, tod_from_rfc3339, Model, Origin, ProbeLine, Series, SourceInfo,
-    HISTORY_SECS, REASON_KINDS, RING_CAP, TOPK, TOP_ROWS,
+    HISTORY_SECS, INCIDENT_CAP, REASON_KINDS, RING_CAP, TOPK, TOP_ROWS,
 };
 pub use rows::{CounterRow, CpuRow, TopRow};
 
@@ -31,12 +31,46 @@ pub enum Panel {
     Cpu,
     Top,
     Log,
+    Incidents,
 }
 
 impl Panel {
-    pub const ALL: [Panel; 4] = [Panel::Counters, Panel::Cpu, Panel::Top, Panel::Log];
+    /// Tab's order.
+    pub const ALL: [Panel; 5] = [
+        Panel::Counters,
+        Panel::Cpu,
+        Panel::Top,
+        Panel::Log,
+        Panel::Incidents,
+    ];
     fn index(self) -> usize {
         Panel::ALL.iter().position(|p| *p == self).unwrap_or(0)
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Panel::Counters => "Counters",
+            Panel::Cpu => "Per CPU",
+            Panel::Top => "Top destinations",
+            Panel::Log => "Events",
+            Panel::Incidents => "Incidents",
+        }
+    }
+}
+
+/// What the incidents panel lists: the incidents of one destination (or
+/// one flow), chosen with Enter on a row of the top table; None: all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IncidentScope {
+    pub dst: (std::net::IpAddr, u16),
+    /// A flow's source; None: every source to `dst`.
+    pub src: Option<(std::net::IpAddr, u16)>,
+}
+
+impl IncidentScope {
+    pub fn matches(&self, i: &crate::incident::Incident) -> bool {
+        (i.flow.dst, i.flow.dport) == self.dst
+            && self.src.map_or(true, |s| (i.flow.src, i.flow.sport) == s)
     }
 }
 
@@ -47,7 +81,12 @@ pub enum Mode {
     Filter,
     /// The full record of one event (by sequence number).
     Detail(u64),
+    /// The keys, the probes and the notes.
     Help,
+    /// What the colours and marks mean.
+    Legend,
+    /// One incident's story (by incident id).
+    Timeline(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +117,15 @@ pub struct App {
     pub top_view: TopView,
     pub sort: SortCol,
     pub sort_desc: bool,
-    /// First visible row of the counters, CPU and top panels.
-    pub scroll: [usize; 3],
+    /// First visible row of each panel but the log (by `Panel::index`); the
+    /// top and incidents panels' first row is their selection.
+    pub scroll: [usize; 5],
+    /// Columns the log is scrolled to the right (←/→).
+    pub log_hscroll: u16,
+    /// The incidents panel lists these only (Enter on a top row).
+    pub incident_scope: Option<IncidentScope>,
+    /// First line shown of the help, the legend (clamped when drawn).
+    pub help_scroll: u16,
     /// The selected log event; None: follow the newest.
     pub log_sel: Option<u64>,
     pub detail_scroll: u16,
@@ -100,7 +146,10 @@ impl App {
             top_view: TopView::Destinations,
             sort: SortCol::Count,
             sort_desc: true,
-            scroll: [0; 3],
+            scroll: [0; 5],
+            log_hscroll: 0,
+            incident_scope: None,
+            help_scroll: 0,
             log_sel: None,
             detail_scroll: 0,
             ring_cap: RING_CAP,
@@ -156,6 +205,8 @@ impl App {
             }
             Msg::Kernel(s) => {
                 self.live.kernel = Some(s);
+                // the view's clock when it came: the counters say how old it is
+                self.live.kernel_read_ns = Some(self.live.now_ns);
                 false
             }
             Msg::Lost(n) => {
@@ -186,6 +237,7 @@ impl App {
             Panel::Counters => self.counter_rows().len(),
             Panel::Cpu => self.cpu_rows().len(),
             Panel::Top => self.top_rows().len(),
+            Panel::Incidents => self.incident_rows().len(),
             Panel::Log => {
                 self.log_move(d);
                 return;

@@ -19,6 +19,8 @@ pub const HISTORY_SECS: usize = 120;
 pub const TOPK: usize = 1024;
 /// Rows the top table offers (before filtering).
 pub const TOP_ROWS: usize = 256;
+/// Closed incidents kept for the incidents panel (the newest).
+pub const INCIDENT_CAP: usize = 2_000;
 
 pub(super) const NS: u64 = 1_000_000_000;
 
@@ -276,6 +278,11 @@ pub struct Model {
     /// the top table counts these (one per losing connection) once there are any.
     pub incidents: u64,
     pub incident_destinations: crate::stats::TopK<(std::net::IpAddr, u16)>,
+    /// The newest closed incidents (at most [`INCIDENT_CAP`]), newest at the back.
+    pub incident_list: VecDeque<crate::incident::Incident>,
+    /// `now_ns` when the kernel's counters were last read; None: never, or
+    /// they are a recording's totals (its trailer).
+    pub kernel_read_ns: Option<u64>,
 }
 
 impl Model {
@@ -292,6 +299,8 @@ impl Model {
             ended: None,
             incidents: 0,
             incident_destinations: crate::stats::TopK::new(TOPK),
+            incident_list: VecDeque::new(),
+            kernel_read_ns: None,
         }
     }
 
@@ -299,6 +308,24 @@ impl Model {
         self.incidents += 1;
         self.incident_destinations
             .add((i.flow.dst, i.flow.dport), 1);
+        if self.incident_list.len() >= INCIDENT_CAP {
+            self.incident_list.pop_front();
+        }
+        self.incident_list.push_back(i.clone());
+    }
+
+    /// How long ago the kernel's counters were read, on the view's clock.
+    pub fn kernel_age_ns(&self) -> Option<u64> {
+        self.kernel_read_ns.map(|t| self.now_ns.saturating_sub(t))
+    }
+
+    /// Failures counted so far (every kind but NAT allocations).
+    pub fn failures(&self) -> u64 {
+        Kind::ALL
+            .iter()
+            .filter(|k| **k != Kind::NatAlloc)
+            .map(|k| self.stats.count(*k))
+            .sum()
     }
 
     pub(super) fn add(&mut self, e: Event, start_ns: u64, ring_cap: usize) {

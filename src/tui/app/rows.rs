@@ -103,6 +103,38 @@ impl App {
             .collect()
     }
 
+    /// The incidents panel's rows, newest first: those of the chosen
+    /// destination or flow, and those the `/` filter's addresses and ports match.
+    pub fn incident_rows(&self) -> Vec<&crate::incident::Incident> {
+        let m = self.view();
+        m.incident_list
+            .iter()
+            .rev()
+            .filter(|i| self.incident_scope.map_or(true, |s| s.matches(i)))
+            .filter(|i| {
+                self.filter.is_empty()
+                    || self.filter.matches_endpoints(&[
+                        (i.flow.src, i.flow.sport),
+                        (i.flow.dst, i.flow.dport),
+                    ])
+            })
+            .collect()
+    }
+
+    /// The selected row of the top table (its first visible one).
+    pub fn selected_top_row(&self) -> Option<TopRow> {
+        self.top_rows().into_iter().nth(self.scroll[2])
+    }
+
+    /// The selected incident (the incidents panel's first visible row).
+    pub fn selected_incident(&self) -> Option<&crate::incident::Incident> {
+        self.incident_rows().into_iter().nth(self.scroll[4])
+    }
+
+    pub fn incident_by_id(&self, id: u64) -> Option<&crate::incident::Incident> {
+        self.view().incident_list.iter().find(|i| i.id == id)
+    }
+
     /// The top table's rows: filtered, sorted by the chosen column.
     pub fn top_rows(&self) -> Vec<TopRow> {
         let m = self.view();

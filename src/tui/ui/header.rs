@@ -24,7 +24,7 @@ fn hms(ns: u64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn header_line1(app: &App) -> Line<'static> {
+fn header_line1(app: &App, w: usize) -> Line<'static> {
     let m = app.view();
     let origin = match &app.info.origin {
         Origin::Live => Span::styled("LIVE", Style::new().fg(Color::Green).bold()),
@@ -81,12 +81,51 @@ fn header_line1(app: &App) -> Line<'static> {
         hms(m.now_ns)
     )));
     if !app.info.hostname.is_empty() {
-        spans.push(Span::raw(format!("  node {}", app.info.hostname)));
+        let node = format!("  node {}", app.info.hostname);
+        let used: usize = spans.iter().map(|s| s.width()).sum();
+        // the host's name is the first to go (the terminal's title has it)
+        if used + node.chars().count() <= w {
+            spans.push(Span::raw(node));
+        }
     }
     Line::from(spans)
 }
 
-fn header_line2(app: &App) -> Line<'static> {
+/// The line's width in columns.
+fn width(l: &Line) -> usize {
+    l.width()
+}
+
+/// The probes line, or, where it does not fit, the probes grouped by
+/// flavour ("nat confirm:stable").
+fn header_line2(app: &App, w: usize) -> Line<'static> {
+    let full = header_line2_full(app);
+    if width(&full) <= w {
+        return full;
+    }
+    let mut spans = vec![Span::raw(format!("kernel {}", app.info.kernel))];
+    let mut groups: Vec<(String, Style, Vec<String>)> = Vec::new();
+    for p in &app.info.probes {
+        let (fl, style) = match &p.flavour {
+            None => ("MISSING".to_string(), Style::new().fg(Color::Red).bold()),
+            Some(fl) if p.degraded() => (format!("{fl}*"), Style::new().fg(Color::Yellow)),
+            Some(fl) => (fl.clone(), Style::new()),
+        };
+        match groups.iter_mut().find(|g| g.0 == fl) {
+            Some(g) => g.2.push(p.name.clone()),
+            None => groups.push((fl, style, vec![p.name.clone()])),
+        }
+    }
+    for (fl, style, names) in groups {
+        spans.push(Span::styled(format!(" {}:{fl}", names.join(",")), style));
+    }
+    if app.info.probes.iter().any(|p| p.degraded() || p.missing()) {
+        spans.push(Span::styled(" (h: why)", Style::new().fg(Color::DarkGray)));
+    }
+    Line::from(spans)
+}
+
+fn header_line2_full(app: &App) -> Line<'static> {
     let mut head = format!("kernel {}", app.info.kernel);
     if !app.info.mode.is_empty() && app.info.mode != "auto" {
         head.push_str(&format!(" mode {}", app.info.mode));
@@ -107,10 +146,35 @@ fn header_line2(app: &App) -> Line<'static> {
     }
     if app.info.probes.iter().any(|p| p.degraded() || p.missing()) {
         spans.push(Span::styled(
-            "  (? for why)",
+            "  (h for why)",
             Style::new().fg(Color::DarkGray),
         ));
     }
+    Line::from(spans)
+}
+
+/// The node's line, shortened where it does not fit: "MASQ", "rf" for
+/// --random-fully (the legend says so).
+fn node_line_fit(node: Option<&NodeState>, replay: bool, w: usize) -> Line<'static> {
+    let full = node_line(node, replay);
+    if width(&full) <= w {
+        return full;
+    }
+    let spans = full
+        .spans
+        .into_iter()
+        .map(|s| {
+            let t = s
+                .content
+                .replace("node: be_liberal", "be_liberal")
+                .replace("INVALID drop:", "INVALID-drop")
+                .replace("MASQUERADE", "MASQ")
+                .replace(" w/o --random-fully", " w/o rf")
+                .replace("all --random-fully", "all rf")
+                .replace("  ", " ");
+            Span::styled(t, s.style)
+        })
+        .collect::<Vec<_>>();
     Line::from(spans)
 }
 
@@ -163,10 +227,15 @@ pub fn node_line(node: Option<&NodeState>, replay: bool) -> Line<'static> {
 }
 
 pub(super) fn render(app: &App, f: &mut Frame, r: Rect) {
-    let mut lines = vec![header_line1(app)];
+    let w = r.width as usize;
+    let mut lines = vec![header_line1(app, w)];
     if r.height >= 3 {
-        lines.push(header_line2(app));
-        lines.push(node_line(app.view().node.as_ref(), app.info.is_replay()));
+        lines.push(header_line2(app, w));
+        lines.push(node_line_fit(
+            app.view().node.as_ref(),
+            app.info.is_replay(),
+            w,
+        ));
     }
     f.render_widget(Paragraph::new(lines), r);
 }

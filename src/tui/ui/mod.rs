@@ -7,8 +7,11 @@
 mod header;
 mod overlays;
 mod panels;
+#[cfg(test)]
+mod sizes;
 
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
@@ -16,6 +19,7 @@ use ratatui::Frame;
 use super::app::{App, Mode, Panel};
 
 pub use header::node_line;
+pub use overlays::{HELP_END, LEGEND_END};
 pub use panels::{kind_style, log_line, spark};
 
 /// Below this the screen only says it is too small (and the lost count).
@@ -41,59 +45,139 @@ pub fn render(app: &App, f: &mut Frame) {
     ])
     .areas(area);
     header::render(app, f, header);
-    for (panel, r) in panel_areas(app, body) {
+    let (shown, hidden) = panel_areas(app, body);
+    for (panel, r) in shown {
         match panel {
             Panel::Counters => panels::counters(app, f, r),
             Panel::Cpu => panels::cpu(app, f, r),
             Panel::Top => panels::top(app, f, r),
             Panel::Log => panels::log(app, f, r),
+            Panel::Incidents => panels::incidents(app, f, r),
         }
+    }
+    if !hidden.is_empty() {
+        let hint = Rect {
+            y: body.y + body.height - 1,
+            height: 1,
+            ..body
+        };
+        f.render_widget(Paragraph::new(hidden_hint(&hidden, area)), hint);
     }
     overlays::footer(app, f, footer);
     match app.mode {
         Mode::Detail(seq) => overlays::detail(app, f, area, seq),
         Mode::Help => overlays::help(app, f, area),
+        Mode::Legend => overlays::legend(app, f, area),
+        Mode::Timeline(id) => overlays::timeline(app, f, area, id),
         _ => {}
     }
 }
 
-/// Where each visible panel goes. Small screens show fewer panels; the
-/// focused one is always visible.
-pub fn panel_areas(app: &App, body: Rect) -> Vec<(Panel, Rect)> {
-    let focus = app.focus;
-    if body.height < 12 || body.width < 60 {
-        return vec![(focus, body)];
+/// The line that names the panels the screen has no room for.
+fn hidden_hint(hidden: &[Panel], area: Rect) -> Line<'static> {
+    let names: Vec<&str> = hidden.iter().map(|p| p.title()).collect();
+    Line::from(vec![
+        Span::styled(
+            format!(
+                "hidden at {}x{}: {}",
+                area.width,
+                area.height,
+                names.join(", ")
+            ),
+            Style::new().fg(Color::Yellow),
+        ),
+        Span::styled(
+            " · Tab shows each in turn · all from 160x45",
+            Style::new().fg(Color::DarkGray),
+        ),
+    ])
+}
+
+/// Where each visible panel goes, and which panels have no room.
+///
+/// As the screen shrinks, panels give way in this order: the per-CPU split
+/// first (below 140 columns it leaves the row of the counters), then the
+/// incidents (below 20 rows for the log and them), then the top table (below
+/// 70 columns); the counters and the log stay. The focused panel is always
+/// shown, in the place of its neighbour; a hint line names the hidden ones.
+pub fn panel_areas(app: &App, body: Rect) -> (Vec<(Panel, Rect)>, Vec<Panel>) {
+    let (shown, hidden) = place(app, body);
+    if hidden.is_empty() || body.height < 2 {
+        return (shown, hidden);
     }
-    let counter_rows = app.counter_rows().len() as u16;
-    let upper_h = if body.height >= 30 {
-        (counter_rows + 3).clamp(12, body.height / 2)
-    } else {
-        12
+    // one line for the hint
+    let body = Rect {
+        height: body.height - 1,
+        ..body
     };
-    let [upper, lower] =
-        Layout::vertical([Constraint::Length(upper_h), Constraint::Fill(1)]).areas(body);
+    place(app, body)
+}
+
+fn place(app: &App, body: Rect) -> (Vec<(Panel, Rect)>, Vec<Panel>) {
+    let focus = app.focus;
     let mut out = Vec::new();
-    if body.width >= 70 {
-        let cpu_w = (body.width * 2 / 5).min(34);
-        let [c, p] =
-            Layout::horizontal([Constraint::Fill(1), Constraint::Length(cpu_w)]).areas(upper);
-        out.push((Panel::Counters, c));
-        out.push((Panel::Cpu, p));
-    } else if focus == Panel::Cpu {
-        out.push((Panel::Cpu, upper));
+    if body.height < 12 || body.width < 60 {
+        out.push((focus, body));
     } else {
-        out.push((Panel::Counters, upper));
+        let counter_rows = app.counter_rows().len() as u16;
+        let upper_h = if body.height >= 30 {
+            (counter_rows + 3).clamp(12, body.height / 2)
+        } else {
+            12
+        };
+        let [upper, lower] =
+            Layout::vertical([Constraint::Length(upper_h), Constraint::Fill(1)]).areas(body);
+        // the upper row: counters, then the top table and the CPUs as room allows
+        if body.width >= 140 {
+            let top_w = (body.width / 4).clamp(40, 60);
+            let [c, t, p] = Layout::horizontal([
+                Constraint::Fill(1),
+                Constraint::Length(top_w),
+                Constraint::Length(34),
+            ])
+            .areas(upper);
+            out.extend([(Panel::Counters, c), (Panel::Top, t), (Panel::Cpu, p)]);
+        } else if body.width >= 70 {
+            let right_w = if body.width >= 100 { 40 } else { 32 };
+            let [c, r] =
+                Layout::horizontal([Constraint::Fill(1), Constraint::Length(right_w)]).areas(upper);
+            out.push((Panel::Counters, c));
+            out.push((
+                if focus == Panel::Cpu {
+                    Panel::Cpu
+                } else {
+                    Panel::Top
+                },
+                r,
+            ));
+        } else {
+            let p = match focus {
+                Panel::Cpu | Panel::Top => focus,
+                _ => Panel::Counters,
+            };
+            out.push((p, upper));
+        }
+        // the lower part: the log, and the incidents as room allows
+        if body.width >= 200 {
+            let [l, i] =
+                Layout::horizontal([Constraint::Fill(1), Constraint::Length(72)]).areas(lower);
+            out.extend([(Panel::Log, l), (Panel::Incidents, i)]);
+        } else if lower.height >= 20 {
+            let [i, l] =
+                Layout::vertical([Constraint::Length(8), Constraint::Fill(1)]).areas(lower);
+            out.extend([(Panel::Incidents, i), (Panel::Log, l)]);
+        } else if !out.iter().any(|(p, _)| *p == focus) {
+            out.push((focus, lower));
+        } else {
+            out.push((Panel::Log, lower));
+        }
     }
-    if lower.height >= 18 {
-        let [t, l] = Layout::vertical([Constraint::Length(10), Constraint::Fill(1)]).areas(lower);
-        out.push((Panel::Top, t));
-        out.push((Panel::Log, l));
-    } else if focus == Panel::Top {
-        out.push((Panel::Top, lower));
-    } else {
-        out.push((Panel::Log, lower));
-    }
-    out
+    let hidden = Panel::ALL
+        .iter()
+        .copied()
+        .filter(|p| !out.iter().any(|(q, _)| q == p))
+        .collect();
+    (out, hidden)
 }
 
 #[cfg(test)]
@@ -214,14 +298,22 @@ mod tests {
         assert!(s.lines().all(|l| l.chars().count() == 80));
         assert!(s.contains("lost 0"));
         assert_eq!(counter(&s, "insert_failed")[0], 100);
-        assert!(s.contains("Per CPU"));
+        // the top table beside the counters; the CPUs give way, and say so
+        assert!(s.contains("┌ Top destinations (50)"), "{s}");
+        assert!(s.contains("failures▼"));
+        assert!(s.contains("hidden at 80x24: Per CPU, Incidents"), "{s}");
         assert!(s.contains("Events, newest first (800 kept of 800)"));
         assert!(s.contains("q quit"));
-        // the top table replaces the log when focused
+        // a hidden panel takes its neighbour's place when focused
         key(&mut a, KeyCode::BackTab);
+        key(&mut a, KeyCode::BackTab);
+        assert_eq!(a.focus, Panel::Cpu);
         let s = screen(&a, 80, 24);
-        assert!(s.contains("Top destinations by failures"), "{s}");
-        assert!(s.contains("failures▼"));
+        assert!(s.contains("┌ Per CPU"), "{s}");
+        assert!(
+            s.contains("hidden at 80x24: Top destinations, Incidents"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -237,7 +329,8 @@ mod tests {
         // one panel: the focused one
         let s = screen(&a, 50, 12);
         assert!(s.contains("Events, newest first"), "{s}");
-        assert!(!s.contains("Per CPU"));
+        assert!(!s.contains("┌ Per CPU"), "{s}");
+        assert!(s.contains("hidden at 50x12: Counters, Per CPU"), "{s}");
         let s = screen(&a, 10, 4);
         assert!(s.contains("lost 3"), "{s}");
         assert!(s.contains("small"), "{s}");
