@@ -16,6 +16,7 @@
 //! Needs root, dockerd, docker, gcc (static libc: libc6-dev), tar, nsenter.
 //! Skips (with a message) when one is missing.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -274,20 +275,7 @@ impl Rec {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let t0 = Instant::now();
-        while !std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .contains('\n')
-        {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("ctrace record exited early: {st}");
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no header after 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_for_header(&mut child, &file);
         Rec { child, file }
     }
 

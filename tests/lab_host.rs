@@ -98,21 +98,7 @@ impl Rec {
             .spawn()
             .unwrap();
         // attached once the header line is in the file
-        let t0 = Instant::now();
-        loop {
-            let s = std::fs::read_to_string(&file).unwrap_or_default();
-            if s.contains('\n') {
-                break;
-            }
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("ctrace record exited early: {st}");
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no header after 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_for_header(&mut child, &file);
         Rec { child, file, dir }
     }
 
@@ -939,14 +925,7 @@ fn record_lab_demo_agrees_and_cleans_up() {
     );
     assert!(max_back < 1_000_000, "a step back of {max_back} ns");
     let prefix = format!("ctlab-{pid}-");
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = common::named_netns(|n| n.starts_with(&prefix));
     assert!(left.is_empty(), "namespaces left by record --lab: {left:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

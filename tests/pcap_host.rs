@@ -7,6 +7,7 @@
 //!
 //! The lab's namespaces are ctrace's own (`ctlab-<pid>-`), removed by it on
 //! every exit path; the test checks that none is left.
+mod common;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 
@@ -140,14 +141,7 @@ fn record_lab_and_check(lab: &str) -> (ctrace::record::Recording, Vec<Frame>) {
     let out = child.wait_with_output().unwrap();
     // whatever follows, the lab's namespaces must be gone
     let prefix = format!("ctlab-{pid}-");
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = common::named_netns(|n| n.starts_with(&prefix));
     assert!(left.is_empty(), "namespaces left by record --lab: {left:?}");
     assert!(out.status.success(), "record exited with {}", out.status);
     assert_eq!(std::fs::metadata(&pcap).unwrap().mode() & 0o7777, 0o600);

@@ -86,6 +86,27 @@ impl Drop for Tmux {
     }
 }
 
+/// `top --lab snat-race` in a tmux of `w`x`h`, once its lab is on screen
+/// (`None`: skipped, and why was printed). The pane prints "ctrace exited N"
+/// when it ends and stays 30 s to be read.
+fn top_lab(name: &str, w: u16, h: u16) -> Option<Tmux> {
+    let script = format!(
+        "{} top --lab snat-race; echo \"ctrace exited $?\"; sleep 30",
+        sh_quote(BIN)
+    );
+    let t = Tmux::start(name, w, h, &script)?;
+    // the lab must get going: wait for the screen (or an error)
+    let s = t.wait_for("ctrace top to start", Duration::from_secs(60), |s| {
+        s.contains("LAB snat-race") || s.contains("ctrace exited")
+    });
+    if s.contains("not built") {
+        eprintln!("skipped: ctrace lab is not built yet:\n{s}");
+        return None;
+    }
+    assert!(s.contains("LAB snat-race"), "{s}");
+    Some(t)
+}
+
 /// The numbers on the counters row of a kind ("│insert_failed  12  0 ... 12│").
 fn counter_row(screen: &str, kind: &str) -> Option<Vec<u64>> {
     let l = screen.lines().find(|l| l.contains(&format!("│{kind} ")))?;
@@ -285,22 +306,9 @@ fn live_lab_insert_failed_matches_the_kernel() {
         eprintln!("skipped: ctrace lab is not available: {}", text.trim());
         return;
     }
-    let script = format!(
-        "{} top --lab snat-race; echo \"ctrace exited $?\"; sleep 30",
-        sh_quote(BIN)
-    );
-    let Some(t) = Tmux::start("lab", 120, 40, &script) else {
+    let Some(t) = top_lab("lab", 120, 40) else {
         return;
     };
-    // the lab must get going: wait for the screen (or an error)
-    let s = t.wait_for("ctrace top to start", Duration::from_secs(60), |s| {
-        s.contains("LAB snat-race") || s.contains("ctrace exited")
-    });
-    if s.contains("not built") {
-        eprintln!("skipped: ctrace lab is not built yet:\n{s}");
-        return;
-    }
-    assert!(s.contains("LAB snat-race"), "{s}");
     // The lab pauses between rounds; then both counts are still, and the
     // screen must show ctrace's insert_failed equal to the kernel's (polled
     // once a second). A lost or doubled event never equalizes: exact, not a
@@ -359,21 +367,9 @@ fn live_lab_at_80x24_shows_the_counts_a_translation_and_the_help_ends() {
         eprintln!("skipped: needs root (tracing and the lab's namespaces)");
         return;
     }
-    let script = format!(
-        "{} top --lab snat-race; echo \"ctrace exited $?\"; sleep 30",
-        sh_quote(BIN)
-    );
-    let Some(t) = Tmux::start("lab80", 80, 24, &script) else {
+    let Some(t) = top_lab("lab80", 80, 24) else {
         return;
     };
-    let s = t.wait_for("ctrace top to start", Duration::from_secs(60), |s| {
-        s.contains("LAB snat-race") || s.contains("ctrace exited")
-    });
-    if s.contains("not built") {
-        eprintln!("skipped: ctrace lab is not built yet:\n{s}");
-        return;
-    }
-    assert!(s.contains("LAB snat-race"), "{s}");
     // exact, as at 120x40: the lab pauses between rounds and both settle
     let s = t.wait_for(
         "ctrace's insert_failed to equal the kernel's at 80x24",

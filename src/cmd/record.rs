@@ -146,19 +146,12 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         return Err(err);
     }
     let end_mono_ns = crate::sys::monotonic_ns();
+    let mut o = incident::Output::default();
     for e in fin.remaining {
-        let o = corr.push(e);
-        emit(
-            o,
-            &mut w,
-            &mut pcap,
-            &mut counts,
-            &mut total,
-            &mut incidents,
-        )?;
+        o.extend(corr.push(e));
     }
     // incidents still open close now (as unknown unless their time has come)
-    let o = corr.finish(end_mono_ns);
+    o.extend(corr.finish(end_mono_ns));
     emit(
         o,
         &mut w,

@@ -80,3 +80,23 @@ pub fn bpftool_list(object: &str) -> Vec<serde_json::Value> {
         other => panic!("bpftool {object} show -j: not a JSON list: {other:?}"),
     }
 }
+
+/// Waits until a `ctrace record` child has written its first line (the
+/// header: every probe attached) to `file`; panics if it exits first or takes
+/// longer than 30 s.
+pub fn wait_for_header(child: &mut std::process::Child, file: &std::path::Path) {
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .contains('\n')
+    {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("ctrace record exited early: {st}");
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no header after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
