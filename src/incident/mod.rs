@@ -207,6 +207,8 @@ pub struct Correlator {
     /// Recent allocations of each original tuple: (ts, reply), at most
     /// PER_KEY each (clash synthesis, merged clashes' winners).
     by_orig: HashMap<Tuple, VecDeque<(u64, Tuple)>>,
+    /// by_orig's keys, oldest first (each once: pushed when its entry is made).
+    orig_order: VecDeque<Tuple>,
     /// The latest failure on each wire tuple and CPU (its drop's match).
     fail_by_wire: HashMap<(Tuple, u32), (u64, u64)>,
     /// invalid_reset incidents by connection.
@@ -238,6 +240,7 @@ impl Correlator {
             allocs: HashMap::new(),
             alloc_order: VecDeque::new(),
             by_orig: HashMap::new(),
+            orig_order: VecDeque::new(),
             fail_by_wire: HashMap::new(),
             invalid_by_conn: HashMap::new(),
             close_on_release: HashMap::new(),
@@ -379,16 +382,24 @@ impl Correlator {
                 }
             }
         }
-        let o = self
-            .by_orig
-            .entry(e.orig)
-            .or_insert_with(|| VecDeque::with_capacity(1));
+        let orig_order = &mut self.orig_order;
+        let o = self.by_orig.entry(e.orig).or_insert_with(|| {
+            orig_order.push_back(e.orig);
+            VecDeque::with_capacity(1)
+        });
         o.push_back((e.ts_ns, reply));
         if o.len() > PER_KEY {
             o.pop_front();
         }
-        if self.by_orig.len() > MAX_ALLOCS {
-            self.by_orig.clear();
+        // the oldest original tuples leave first: clearing them all at once
+        // forgot the first allocation of a clash made just before
+        while self.by_orig.len() > MAX_ALLOCS {
+            match self.orig_order.pop_front() {
+                Some(old) => {
+                    self.by_orig.remove(&old);
+                }
+                None => break,
+            }
         }
         self.alloc_order.push_back(reply);
         while self.alloc_order.len() > MAX_ALLOCS {

@@ -175,6 +175,55 @@ fn a_winner_outlives_more_failed_attempts_on_its_tuple_than_are_kept_per_key() {
 }
 
 #[test]
+fn a_clash_right_after_the_remembered_tuples_overflow_is_still_seen() {
+    // MAX_ALLOCS one-off UDP flows, then one tuple allocated twice: the stage
+    // (stable mode synthesizes clashes) must still know its first allocation
+    let udp = |orig: Tuple, reply: Tuple, ts: u64| {
+        let mut e = ev(Kind::NatAlloc, orig, ts, 0);
+        e.proto = "udp".into();
+        e.reply = Some(reply);
+        e
+    };
+    let flow = |i: u32| {
+        t(
+            &format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+            5353,
+            "192.0.2.53",
+            53,
+        )
+    };
+    // one-off flows filling the memory up to its bound, then a tuple
+    // allocated twice, then one more new tuple: the memory overflows by one,
+    // as on a busy node, and only the oldest one-off may be forgotten
+    let mut v = Vec::new();
+    let n = MAX_ALLOCS as u32 - 1;
+    for i in 0..n {
+        v.push(udp(flow(i), inverse(&flow(i)), 10 * MS + i as u64));
+    }
+    let pair = t("10.200.0.1", 4000, "192.0.2.53", 53);
+    v.push(udp(pair, t("192.0.2.53", 53, "192.0.2.1", 4000), 2 * S));
+    v.push(udp(
+        pair,
+        t("192.0.2.54", 53, "192.0.2.1", 4000),
+        2 * S + 500 * MS,
+    ));
+    v.push(udp(flow(n), inverse(&flow(n)), 2 * S + 501 * MS));
+    let out = correlate(
+        Config {
+            synthesize_clashes: true,
+        },
+        v,
+        4 * S,
+    );
+    let clashes = out
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::ClashResolved)
+        .count();
+    assert_eq!(clashes, 1);
+}
+
+#[test]
 fn events_slightly_out_of_order_across_cpus_keep_their_order_and_winner() {
     // cpu1's alloc arrives after cpu0's failure although it is older
     let v = vec![
