@@ -2,6 +2,7 @@
 //! drives. It enters the requested netns, resolves and attaches the probes,
 //! streams decoded events, and reads the kernel's own counters for comparison.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -39,6 +40,10 @@ pub struct Finish {
     pub lost: u64,
     /// Events dropped in user space because the consumer stalled.
     pub lost_user: u64,
+    /// Program runs the kernel skipped (nested in themselves), by program.
+    pub missed: BTreeMap<String, u64>,
+    /// The same, of programs whose twin took those runs: nothing missing.
+    pub missed_covered: BTreeMap<String, u64>,
 }
 
 pub struct Session {
@@ -212,6 +217,17 @@ impl Session {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Program runs the kernel skipped since load, by program (see
+    /// [`Loaded::missed`]): those that may be missing events, and those
+    /// whose twin took the runs.
+    pub fn missed(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let (mut bare, mut covered) = (BTreeMap::new(), BTreeMap::new());
+        for (name, n, c) in self.probes.iter().flat_map(|p| p.missed()) {
+            if c { &mut covered } else { &mut bare }.insert(name, n);
+        }
+        (bare, covered)
+    }
+
     /// The kernel's conntrack counters since the session started, per CPU.
     pub fn counters(&mut self) -> Result<Snapshot> {
         let (Some(ct), Some(base)) = (self.ct.as_mut(), self.baseline.as_ref()) else {
@@ -292,11 +308,14 @@ impl Session {
         let counters = self.counters().ok();
         let lost = self.lost();
         let lost_user = self.lost_user();
+        let (missed, missed_covered) = self.missed();
         Ok(Finish {
             remaining,
             counters,
             lost,
             lost_user,
+            missed,
+            missed_covered,
         })
     }
 }

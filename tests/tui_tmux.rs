@@ -175,6 +175,8 @@ fn write_recording(path: &Path, events: &[Event], kernel_insert_failed: u64) {
         events: counts,
         lost: 0,
         lost_user: 0,
+        missed: Default::default(),
+        missed_covered: Default::default(),
         kernel_counters: Some(KernelCounters {
             insert_failed: kernel_insert_failed,
             ..Default::default()

@@ -107,6 +107,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     d.probes = header.probes.clone();
     d.events = kind_counts(&agg.stats);
     d.lost = Some(fin.lost + fin.lost_user);
+    d.missed = fin.missed.clone();
     d.agreement = kc
         .as_ref()
         .map(|k| agreement_per_cpu(k, &d.events, &insert_failed_per_cpu(&agg.stats)))

@@ -167,6 +167,8 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         incidents,
         lost: fin.lost,
         lost_user: fin.lost_user,
+        missed: fin.missed.clone(),
+        missed_covered: fin.missed_covered.clone(),
         signal: (ended_by == "signal")
             .then(ending_signal)
             .flatten()
@@ -190,6 +192,18 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             kc.map_or(0, |k| k.drop),
             kc.map_or(0, |k| k.invalid),
             kc.map_or(0, |k| k.clash_resolve),
+        ));
+    }
+    if !trailer.missed.is_empty() {
+        // said even with -q: events may be missing
+        let by: Vec<String> = trailer
+            .missed
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect();
+        say(format!(
+            "ctrace: warning: the kernel skipped program runs (a probe fired while it already ran on that CPU): {}; events may be missing",
+            by.join(", ")
         ));
     }
     w.write(&Line::Trailer(trailer))?;

@@ -103,6 +103,17 @@ pub fn document(path: &Path, header: Option<&Header>, agg: &Aggregate, s: &Summa
     d.set_incidents(&agg.incidents);
     d.events = events;
     d.lost = lost;
+    d.missed = trailer
+        .as_ref()
+        .map(|t| t.missed.clone())
+        .unwrap_or_default();
+    if !d.missed.is_empty() {
+        warnings.push(format!(
+            "{}: the kernel skipped runs of {:?} (a probe fired while it already ran on that CPU): events may be missing",
+            path.display(),
+            d.missed
+        ));
+    }
     d.facts = facts(&input);
     d.kernel_counters = kc.clone();
     d.exit = if findings.iter().any(|f| counts_for_exit(f, &[], false)) {

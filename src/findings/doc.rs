@@ -222,6 +222,10 @@ pub struct Document {
     /// Records the kernel could not deliver; null when not known (a
     /// recording without its trailer).
     pub lost: Option<u64>,
+    /// Program runs the kernel skipped (nested in themselves), by program:
+    /// events may be missing (the trailer's `missed`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub missed: BTreeMap<String, u64>,
     pub kernel_counters: Option<KernelCounters>,
     /// Incidents (the correlation stage's stories) by kind, then outcome.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
@@ -260,6 +264,7 @@ impl Document {
             probes: BTreeMap::new(),
             events: BTreeMap::new(),
             lost: Some(0),
+            missed: BTreeMap::new(),
             kernel_counters: None,
             incidents: BTreeMap::new(),
             incident_examples: Vec::new(),

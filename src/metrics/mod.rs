@@ -56,6 +56,7 @@ pub const METRICS: &[(&str, &str, &[&str])] = &[
     ("ctrace_syn_retransmits_total", "counter", &[]),
     ("ctrace_incidents_total", "counter", &["kind", "outcome"]),
     ("ctrace_events_lost_total", "counter", &[]),
+    ("ctrace_probe_runs_skipped_total", "counter", &["program"]),
     (
         "ctrace_kernel_conntrack_insert_failed_total",
         "counter",
@@ -142,6 +143,8 @@ pub struct Metrics {
     causes: Domain,
     protos: Domain,
     events_lost: u64,
+    /// Runs the kernel skipped of programs without a twin, by program.
+    runs_skipped: BTreeMap<String, u64>,
     /// The kernel's counters of the traced netns, summed over CPUs.
     kernel: Option<CpuStats>,
     table: Option<(u64, u64)>,
@@ -180,6 +183,7 @@ impl Metrics {
             causes: Domain::default(),
             protos: Domain::default(),
             events_lost: 0,
+            runs_skipped: BTreeMap::new(),
             kernel: None,
             table: None,
             probes: Vec::new(),
@@ -257,6 +261,15 @@ impl Metrics {
     /// Records lost so far (the kernel's ring-buffer misses plus ctrace's own).
     pub fn set_lost(&mut self, n: u64) {
         self.events_lost = self.events_lost.max(n);
+    }
+
+    /// Runs the kernel skipped so far (a program fired while it already ran
+    /// on that CPU), by program, of programs without a twin to take them.
+    pub fn set_runs_skipped(&mut self, by_program: BTreeMap<String, u64>) {
+        for (p, n) in by_program {
+            let v = self.runs_skipped.entry(p).or_default();
+            *v = (*v).max(n);
+        }
     }
 
     /// The kernel's counters of the traced netns, absolute (as `conntrack -S`).
@@ -366,6 +379,17 @@ impl Metrics {
                 ty: Type::Counter,
                 labels: NONE,
                 samples: vec![(vec![], self.events_lost)],
+            },
+            Family {
+                name: "ctrace_probe_runs_skipped_total".into(),
+                help: "Runs of a ctrace program the kernel skipped because it fired while the same program already ran on that CPU (nested: a softirq interrupting it); each may have been an event. Programs loaded in pairs take each other's skipped runs and are not counted.".into(),
+                ty: Type::Counter,
+                labels: &["program"],
+                samples: self
+                    .runs_skipped
+                    .iter()
+                    .map(|(p, n)| (vec![p.clone()], *n))
+                    .collect(),
             },
         ];
         // the kernel's counters: one family per name in ctstat's one list

@@ -244,6 +244,52 @@ fn attach_nf(
 }
 
 impl Loaded {
+    /// Runs the kernel skipped, per loaded program with any: a tracing
+    /// program that fires while the same program already runs on that CPU
+    /// (a softirq interrupting it; in kprobe mode, any kprobe program) is not
+    /// run, and only `bpf_prog_info.recursion_misses` tells. A skipped run may
+    /// have been an event: the count goes in the trailer and the summary,
+    /// never silently (kernels before 6.7 count only fentry's). Runs of a
+    /// program whose twin is loaded too are the twin's ([`super::Spec::twins`]).
+    /// Each entry: (program, runs skipped, whether its twin took them).
+    pub fn missed(&self) -> Vec<(String, u64, bool)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let loaded: BTreeSet<String> = self
+            .object
+            .object()
+            .progs()
+            .filter(|p| p.autoload())
+            .map(|p| p.name().to_string_lossy().into_owned())
+            .collect();
+        let covered = |name: &str| {
+            self.probe.spec().twins.iter().any(|(a, b)| {
+                (name == *a && loaded.contains(*b)) || (name == *b && loaded.contains(*a))
+            })
+        };
+        let mut out = Vec::new();
+        for prog in self.object.object().progs() {
+            let name = prog.name().to_string_lossy().into_owned();
+            if !prog.autoload() {
+                continue;
+            }
+            let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+            let mut len = std::mem::size_of_val(&info) as u32;
+            // SAFETY: info is a bpf_prog_info of len bytes, written by the kernel
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+                    prog.as_fd().as_raw_fd(),
+                    (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+                    &mut len,
+                )
+            };
+            if rc == 0 && info.recursion_misses > 0 {
+                let c = covered(&name);
+                out.push((name, info.recursion_misses, c));
+            }
+        }
+        out
+    }
+
     /// Attaches every loaded program, each to its hook(s). Netfilter hooks go
     /// to the netns of the calling thread.
     pub fn attach(&mut self) -> Result<()> {
@@ -251,7 +297,16 @@ impl Loaded {
         let mut notes = Vec::new();
         let mut attached = Vec::new();
         let nf_slots = self.probe.spec().nf_slots;
-        for prog in self.object.object().progs_mut() {
+        let twins = self.probe.spec().twins;
+        // a twin after its first: one tracepoint calls its programs in the
+        // order they were attached, and symptoms' twin relies on it
+        let is_second = |p: &libbpf_rs::ProgramMut| {
+            let n = p.name().to_string_lossy();
+            twins.iter().any(|(_, b)| *b == n)
+        };
+        let mut progs: Vec<_> = self.object.object().progs_mut().collect();
+        progs.sort_by_key(|p| is_second(p));
+        for prog in progs {
             if !prog.autoload() {
                 continue;
             }

@@ -133,6 +133,10 @@ pub struct Spec {
     pub degraded: Option<fn(&Features) -> Option<Degraded>>,
     /// Netfilter hooks per program (stable mode).
     pub nf_slots: fn(&str) -> &'static [NfSlot],
+    /// Programs loaded in pairs on one hook, each doing the other's work
+    /// when the kernel skips it as nested (see confirm.bpf.c): a skipped run
+    /// of one of a pair loaded together is the other's, not a missed event.
+    pub twins: &'static [(&'static str, &'static str)],
     /// Opens, configures and loads the room's skeleton with these programs.
     pub open: fn(&object::OpenCfg) -> anyhow::Result<object::Object>,
     /// Every program name in the room's skeleton (opened, not loaded).

@@ -48,6 +48,17 @@ pub struct Trailer {
     /// Written when not zero.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_user: u64,
+    /// Program runs the kernel skipped, by program: a tracing program that
+    /// fired while the same program already ran on that CPU is not run (its
+    /// recursion guard). A skipped run may have been an event that is not in
+    /// the file. Written when any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missed: BTreeMap<String, u64>,
+    /// Runs the kernel skipped of programs loaded in pairs, whose twin ran
+    /// instead (confirm's kfree_skb pair): nothing is missing; written when
+    /// any, as a sign that the node nests drops.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missed_covered: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_counters: Option<KernelCounters>,
     /// Why the recording ended: "duration", "signal", "error: ...".

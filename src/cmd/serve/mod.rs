@@ -214,6 +214,7 @@ fn trace(
                 m.set_table(n, max);
             }
             m.set_lost(lost);
+            m.set_runs_skipped(traced.session.missed().0);
         }
         if last_tick.elapsed() >= Duration::from_millis(500) {
             last_tick = Instant::now();

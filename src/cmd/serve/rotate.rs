@@ -192,6 +192,8 @@ impl Rotator {
             events: o.events,
             lost: now.lost.saturating_sub(o.lost_at_start),
             lost_user: now.lost_user.saturating_sub(o.lost_user_at_start),
+            missed: Default::default(),
+            missed_covered: Default::default(),
             kernel_counters,
             ended_by: ended_by.to_string(),
             signal,

@@ -6,7 +6,8 @@
  *   stable:  netfilter hook at INT_MAX-1 (POSTROUTING, LOCAL_IN: just before confirm)
  *            remembers the skb of an unconfirmed ct; tp_btf/kfree_skb with reason
  *            NETFILTER_DROP on that skb, still holding that ct, and the ct never
- *            inserted into the table, is the lost confirm. */
+ *            inserted into the table, is the lost confirm (two programs on that
+ *            tracepoint: see confirm_dropped). */
 #include "common.bpf.h"
 
 struct confirm_entry {
@@ -195,8 +196,19 @@ static __always_inline bool ct_never_inserted(struct nf_conn *ct)
 	return BPF_CORE_READ(ct, tuplehash[0].hnnode.pprev) == NULL;
 }
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+/* The drop of a remembered skb is the lost confirm. Run by two programs on
+ * the same tracepoint, because the kernel skips a tracing program that fires
+ * while the same program is already running on that CPU (a raw tracepoint's
+ * recursion guard, counted in bpf_prog_info.recursion_misses): a drop in a
+ * softirq that interrupted this program, e.g. while it looked at a process's
+ * own dropped datagram, was never seen (4 insert failures of 105 on a crowded
+ * node, all SYNs of one backlog). The twin is not running when its sibling
+ * is interrupted, so one of the two always runs; whichever comes first takes
+ * the remembered skb out of its slot (compare-and-swap), so the other finds
+ * nothing: one event per drop, never two. The price is a second program
+ * call for every freed skb (the reason test returns at once). */
+static __always_inline int confirm_dropped(struct sk_buff *skb, void *location,
+					   enum skb_drop_reason reason)
 {
 	struct pending *p;
 	struct nf_conn *ct;
@@ -212,7 +224,9 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	p = pending_slot((__u64)ct);
 	if (!p || p->skb != (__u64)skb || p->nfct != (__u64)ct)
 		return 0;
-	p->skb = 0;
+	/* the claim: only one of the two programs gets past it */
+	if (__sync_val_compare_and_swap(&p->skb, (__u64)skb, 0) != (__u64)skb)
+		return 0;
 	if (!ct_never_inserted(ct))
 		return 0;
 	/* The same addresses are not the same entry: once the remembered entry is
@@ -245,4 +259,16 @@ int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_dr
 	ct_capture(e, skb, true);
 	ct_submit(e);
 	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(confirm_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	return confirm_dropped(skb, location, reason);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(confirm_kfree_twin, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	return confirm_dropped(skb, location, reason);
 }

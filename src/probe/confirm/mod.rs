@@ -30,6 +30,7 @@ pub static SPEC: Spec = Spec {
     optional: None,
     degraded: None,
     nf_slots,
+    twins: &[("confirm_kfree_skb", "confirm_kfree_twin")],
     open,
     skeleton_programs: || crate::probe_object_programs!(confirm, ConfirmSkelBuilder),
 };
@@ -38,7 +39,7 @@ fn programs(fl: Flavour, _: &Features) -> Vec<&'static str> {
     match fl {
         Flavour::Fentry => vec!["confirm_fentry", "confirm_fexit"],
         Flavour::Kprobe => vec!["confirm_kprobe", "confirm_kretprobe"],
-        Flavour::Stable => vec!["confirm_nf", "confirm_kfree_skb"],
+        Flavour::Stable => vec!["confirm_nf", "confirm_kfree_skb", "confirm_kfree_twin"],
     }
 }
 
@@ -62,7 +63,7 @@ fn hooks(fl: Flavour, f: &Features, notes: &mut Vec<String>) -> Result<Vec<Strin
             );
             vec![
                 "netfilter POSTROUTING+INPUT at INT_MAX-1 (before confirm)".into(),
-                "tp_btf/kfree_skb reason NETFILTER_DROP".into(),
+                "tp_btf/kfree_skb reason NETFILTER_DROP, twice".into(),
             ]
         }
     })

@@ -28,6 +28,7 @@ pub static SPEC: Spec = Spec {
     optional: None,
     degraded: None,
     nf_slots,
+    twins: &[],
     open,
     skeleton_programs: || crate::probe_object_programs!(nat, NatSkelBuilder),
 };

@@ -21,6 +21,7 @@ pub static SPEC: Spec = Spec {
     optional: None,
     degraded: Some(degraded),
     nf_slots: no_nf_slots,
+    twins: &[("sym_kfree_skb", "sym_kfree_twin")],
     open,
     skeleton_programs: || crate::probe_object_programs!(symptoms, SymptomsSkelBuilder),
 };
@@ -35,7 +36,7 @@ fn order(m: Mode) -> Vec<Flavour> {
 fn programs(fl: Flavour, f: &Features) -> Vec<&'static str> {
     let mut v = vec!["sym_retransmit"];
     if f.kfree_skb_reason {
-        v.push("sym_kfree_skb");
+        v.extend(["sym_kfree_skb", "sym_kfree_twin"]);
     }
     match fl {
         Flavour::Stable if f.tcp_send_reset_nosk => v.push("sym_send_reset"),
@@ -59,7 +60,7 @@ fn programs(fl: Flavour, f: &Features) -> Vec<&'static str> {
 fn hooks(fl: Flavour, f: &Features, notes: &mut Vec<String>) -> Result<Vec<String>, String> {
     let mut h = vec!["tp_btf/tcp_retransmit_skb (SYN_SENT)".to_string()];
     if f.kfree_skb_reason {
-        h.push("tp_btf/kfree_skb (NETFILTER_DROP)".into());
+        h.push("tp_btf/kfree_skb (NETFILTER_DROP), twice".into());
     } else {
         notes.push("nf_drop: kfree_skb has no drop reason on this kernel (5.17+)".into());
     }
@@ -87,9 +88,9 @@ fn degraded(f: &Features) -> Option<Degraded> {
         flavour: Flavour::Stable,
         hooks: vec![
             "tp_btf/tcp_retransmit_skb (SYN_SENT)".into(),
-            "tp_btf/kfree_skb (NETFILTER_DROP)".into(),
+            "tp_btf/kfree_skb (NETFILTER_DROP), twice".into(),
         ],
-        programs: vec!["sym_kfree_skb", "sym_retransmit"],
+        programs: vec!["sym_kfree_skb", "sym_kfree_twin", "sym_retransmit"],
         notes: vec!["host_rst: no hook on this kernel in this mode".into()],
     })
 }

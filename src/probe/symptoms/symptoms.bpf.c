@@ -1,37 +1,110 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Probe "symptoms": what the failures cost, in every mode.
- *   nf_drop:     tp_btf/kfree_skb with reason NETFILTER_DROP (5.17+)
+ *   nf_drop:     tp_btf/kfree_skb with reason NETFILTER_DROP (5.17+), twice
+ *                (a run the kernel skips as nested is the twin's)
  *   host_rst:    tp_btf/tcp_send_reset with no socket (6.10+); before that
  *                kprobe/fentry tcp_v4_send_reset / tcp_v6_send_reset
  *   syn_retrans: tp_btf/tcp_retransmit_skb on a socket in SYN_SENT
  * These see every netns; filter_netns (rodata) narrows them. */
 #include "common.bpf.h"
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
-{
-	struct ct_event *e;
-	__u32 netns;
+/* nf_drop is run by two programs on the same tracepoint, like confirm's
+ * insert failures (see confirm_dropped in confirm.bpf.c): the kernel skips a
+ * program that fires while the same program already runs on that CPU (a
+ * softirq's drop interrupting a process's), so sym_kfree_skb alone missed
+ * the drops of such softirqs. The twin emits only what the first did not:
+ * the first pushes the drop's key (skb, location) on a small per-CPU stack
+ * before it emits, the twin pops it when it is on top (the first handled
+ * this drop) and emits otherwise (the first was skipped: the key on top is
+ * the interrupted drop's, or none). Only drops that pass the filters pay
+ * for the stack; every other freed skb costs the twin one call. A twin
+ * skipped in turn (nested in itself) leaves a key behind, which costs at
+ * most one repeated event, never a lost one. */
+struct drop_key {
+	__u64 skb;
+	__u64 location;
+};
 
+struct drop_keys {
+	struct drop_key key[4];
+	__u32 n;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct drop_keys);
+} drop_keys SEC(".maps");
+
+/* Whether the drop is one to report; its netns in *netns. */
+static __always_inline bool sym_drop_wanted(struct sk_buff *skb, enum skb_drop_reason reason,
+					    __u32 *netns)
+{
 	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
-		return 0;
-	netns = ct_netns_of_skb(skb, true);
-	if (!ct_netns_wanted(netns))
-		return 0;
-	e = ct_reserve(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT);
+		return false;
+	*netns = ct_netns_of_skb(skb, true);
+	return ct_netns_wanted(*netns);
+}
+
+static __always_inline void sym_drop_emit(struct sk_buff *skb, void *location,
+					  enum skb_drop_reason reason, __u32 netns)
+{
+	struct ct_event *e = ct_reserve(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT);
+
 	if (!e)
-		return 0;
+		return;
 	/* a packet without an IPv4/IPv6 header (ARP, bridge) cannot be described:
 	 * submitted, it would not decode and would count as a lost record */
 	if (ct_read_packet(e, skb, true) < 0) {
 		bpf_ringbuf_discard(e, 0);
-		return 0;
+		return;
 	}
 	e->netns = netns;
 	e->location = (__u64)location;
 	e->reason = CT_R_DROP_REASON;
 	e->drop_reason = reason;
 	ct_submit(e);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	__u32 zero = 0, netns = 0, top;
+	struct drop_keys *k;
+
+	if (!sym_drop_wanted(skb, reason, &netns))
+		return 0;
+	k = bpf_map_lookup_elem(&drop_keys, &zero);
+	if (k) {
+		/* full (keys left by skipped twins): the top is overwritten */
+		top = k->n < 4 ? k->n : 3;
+		k->key[top & 3].skb = (__u64)skb;
+		k->key[top & 3].location = (__u64)location;
+		k->n = top + 1;
+	}
+	sym_drop_emit(skb, location, reason, netns);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(sym_kfree_twin, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	__u32 zero = 0, netns = 0;
+	struct drop_keys *k;
+
+	if (!sym_drop_wanted(skb, reason, &netns))
+		return 0;
+	k = bpf_map_lookup_elem(&drop_keys, &zero);
+	if (k && k->n > 0) {
+		struct drop_key *top = &k->key[(k->n - 1) & 3];
+
+		if (top->skb == (__u64)skb && top->location == (__u64)location) {
+			k->n--;
+			return 0;
+		}
+	}
+	sym_drop_emit(skb, location, reason, netns);
 	return 0;
 }
 

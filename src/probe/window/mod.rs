@@ -38,6 +38,7 @@ pub static SPEC: Spec = Spec {
     optional: Some(("win_log_fexit", FENTRY_LOG)),
     degraded: None,
     nf_slots,
+    twins: &[],
     open,
     skeleton_programs: || crate::probe_object_programs!(window, WindowSkelBuilder),
 };
