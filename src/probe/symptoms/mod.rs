@@ -21,7 +21,10 @@ pub static SPEC: Spec = Spec {
     optional: None,
     degraded: Some(degraded),
     nf_slots: no_nf_slots,
-    twins: &[("sym_kfree_skb", "sym_kfree_twin")],
+    twins: &[
+        ("sym_kfree_skb", "sym_kfree_twin"),
+        ("sym_retransmit", "sym_retrans_twin"),
+    ],
     open,
     skeleton_programs: || crate::probe_object_programs!(symptoms, SymptomsSkelBuilder),
 };
@@ -34,7 +37,7 @@ fn order(m: Mode) -> Vec<Flavour> {
 }
 
 fn programs(fl: Flavour, f: &Features) -> Vec<&'static str> {
-    let mut v = vec!["sym_retransmit"];
+    let mut v = vec!["sym_retransmit", "sym_retrans_twin"];
     if f.kfree_skb_reason {
         v.extend(["sym_kfree_skb", "sym_kfree_twin"]);
     }
@@ -58,7 +61,7 @@ fn programs(fl: Flavour, f: &Features) -> Vec<&'static str> {
 }
 
 fn hooks(fl: Flavour, f: &Features, notes: &mut Vec<String>) -> Result<Vec<String>, String> {
-    let mut h = vec!["tp_btf/tcp_retransmit_skb (SYN_SENT)".to_string()];
+    let mut h = vec!["tp_btf/tcp_retransmit_skb (SYN_SENT), twice".to_string()];
     if f.kfree_skb_reason {
         h.push("tp_btf/kfree_skb (NETFILTER_DROP), twice".into());
     } else {
@@ -87,10 +90,15 @@ fn degraded(f: &Features) -> Option<Degraded> {
     f.kfree_skb_reason.then(|| Degraded {
         flavour: Flavour::Stable,
         hooks: vec![
-            "tp_btf/tcp_retransmit_skb (SYN_SENT)".into(),
+            "tp_btf/tcp_retransmit_skb (SYN_SENT), twice".into(),
             "tp_btf/kfree_skb (NETFILTER_DROP), twice".into(),
         ],
-        programs: vec!["sym_kfree_skb", "sym_kfree_twin", "sym_retransmit"],
+        programs: vec![
+            "sym_kfree_skb",
+            "sym_kfree_twin",
+            "sym_retransmit",
+            "sym_retrans_twin",
+        ],
         notes: vec!["host_rst: no hook on this kernel in this mode".into()],
     })
 }

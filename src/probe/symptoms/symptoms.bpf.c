@@ -4,7 +4,7 @@
  *                (a run the kernel skips as nested is the twin's)
  *   host_rst:    tp_btf/tcp_send_reset with no socket (6.10+); before that
  *                kprobe/fentry tcp_v4_send_reset / tcp_v6_send_reset
- *   syn_retrans: tp_btf/tcp_retransmit_skb on a socket in SYN_SENT
+ *   syn_retrans: tp_btf/tcp_retransmit_skb on a socket in SYN_SENT, twice
  * These see every netns; filter_netns (rodata) narrows them. */
 #include "common.bpf.h"
 
@@ -20,22 +20,55 @@
  * for the stack; every other freed skb costs the twin one call. A twin
  * skipped in turn (nested in itself) leaves a key behind, which costs at
  * most one repeated event, never a lost one. */
-struct drop_key {
-	__u64 skb;
-	__u64 location;
+struct twin_key {
+	__u64 a;
+	__u64 b;
 };
 
-struct drop_keys {
-	struct drop_key key[4];
+struct twin_keys {
+	struct twin_key key[4];
 	__u32 n;
 };
 
+/* One stack per twinned tracepoint: TWIN_DROP (kfree_skb), TWIN_RETRANS. */
+#define TWIN_DROP 0
+#define TWIN_RETRANS 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
-	__type(value, struct drop_keys);
-} drop_keys SEC(".maps");
+	__type(value, struct twin_keys);
+} twin_keys SEC(".maps");
+
+/* The first of a pair: this firing is handled here (full: the top is overwritten). */
+static __always_inline void twin_push(__u32 which, __u64 a, __u64 b)
+{
+	struct twin_keys *k = bpf_map_lookup_elem(&twin_keys, &which);
+	__u32 top;
+
+	if (!k)
+		return;
+	top = k->n < 4 ? k->n : 3;
+	k->key[top & 3].a = a;
+	k->key[top & 3].b = b;
+	k->n = top + 1;
+}
+
+/* The twin: whether the first handled this firing (then its key is popped). */
+static __always_inline bool twin_taken(__u32 which, __u64 a, __u64 b)
+{
+	struct twin_keys *k = bpf_map_lookup_elem(&twin_keys, &which);
+	struct twin_key *top;
+
+	if (!k || k->n == 0)
+		return false;
+	top = &k->key[(k->n - 1) & 3];
+	if (top->a != a || top->b != b)
+		return false;
+	k->n--;
+	return true;
+}
 
 /* Whether the drop is one to report; its netns in *netns. */
 static __always_inline bool sym_drop_wanted(struct sk_buff *skb, enum skb_drop_reason reason,
@@ -70,19 +103,11 @@ static __always_inline void sym_drop_emit(struct sk_buff *skb, void *location,
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	__u32 zero = 0, netns = 0, top;
-	struct drop_keys *k;
+	__u32 netns = 0;
 
 	if (!sym_drop_wanted(skb, reason, &netns))
 		return 0;
-	k = bpf_map_lookup_elem(&drop_keys, &zero);
-	if (k) {
-		/* full (keys left by skipped twins): the top is overwritten */
-		top = k->n < 4 ? k->n : 3;
-		k->key[top & 3].skb = (__u64)skb;
-		k->key[top & 3].location = (__u64)location;
-		k->n = top + 1;
-	}
+	twin_push(TWIN_DROP, (__u64)skb, (__u64)location);
 	sym_drop_emit(skb, location, reason, netns);
 	return 0;
 }
@@ -90,20 +115,11 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(sym_kfree_twin, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	__u32 zero = 0, netns = 0;
-	struct drop_keys *k;
+	__u32 netns = 0;
 
-	if (!sym_drop_wanted(skb, reason, &netns))
+	if (!sym_drop_wanted(skb, reason, &netns) ||
+	    twin_taken(TWIN_DROP, (__u64)skb, (__u64)location))
 		return 0;
-	k = bpf_map_lookup_elem(&drop_keys, &zero);
-	if (k && k->n > 0) {
-		struct drop_key *top = &k->key[(k->n - 1) & 3];
-
-		if (top->skb == (__u64)skb && top->location == (__u64)location) {
-			k->n--;
-			return 0;
-		}
-	}
 	sym_drop_emit(skb, location, reason, netns);
 	return 0;
 }
@@ -252,22 +268,27 @@ int BPF_PROG(sym_v6_reset_fentry, const struct sock *sk, struct sk_buff *skb)
 
 /* sk is a trusted BTF pointer (tp_btf): its fields are plain loads (CO-RE
  * relocated through vmlinux.h's preserve_access_index), not seven
- * bpf_probe_read_kernel calls (39 % of this program's samples before). */
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
+ * bpf_probe_read_kernel calls (39 % of this program's samples before).
+ * Twinned like nf_drop (key: socket and skb): a retransmit in process
+ * context (the TSQ or release_sock path) interrupted by a timer softirq's
+ * SYN retransmit would otherwise hide it. */
+static __always_inline bool sym_retrans_wanted(const struct sock *sk, __u32 *netns)
 {
 	const struct sock_common *c = &sk->__sk_common;
-	struct ct_event *e;
-	__u32 netns;
 
 	if (c->skc_state != TCP_SYN_SENT)
-		return 0;
-	netns = c->skc_net.net->ns.inum;
-	if (!ct_netns_wanted(netns))
-		return 0;
-	e = ct_reserve(CT_KIND_SYN_RETRANS, CT_SRC_TRACEPOINT);
+		return false;
+	*netns = c->skc_net.net->ns.inum;
+	return ct_netns_wanted(*netns);
+}
+
+static __always_inline void sym_retrans_emit(const struct sock *sk, __u32 netns)
+{
+	const struct sock_common *c = &sk->__sk_common;
+	struct ct_event *e = ct_reserve(CT_KIND_SYN_RETRANS, CT_SRC_TRACEPOINT);
+
 	if (!e)
-		return 0;
+		return;
 	e->netns = netns;
 	e->proto = IPPROTO_TCP;
 	if (c->skc_family == AF_INET6) {
@@ -283,5 +304,27 @@ int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
 	e->orig.dport = bpf_ntohs(c->skc_dport);
 	e->tcp_flags = 0x02;
 	ct_submit(e);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
+{
+	__u32 netns = 0;
+
+	if (!sym_retrans_wanted(sk, &netns))
+		return 0;
+	twin_push(TWIN_RETRANS, (__u64)sk, (__u64)skb);
+	sym_retrans_emit(sk, netns);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(sym_retrans_twin, const struct sock *sk, const struct sk_buff *skb)
+{
+	__u32 netns = 0;
+
+	if (!sym_retrans_wanted(sk, &netns) || twin_taken(TWIN_RETRANS, (__u64)sk, (__u64)skb))
+		return 0;
+	sym_retrans_emit(sk, netns);
 	return 0;
 }
