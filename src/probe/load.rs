@@ -249,7 +249,9 @@ impl Loaded {
     /// (a softirq interrupting it; in kprobe mode, any kprobe program) is not
     /// run, and only `bpf_prog_info.recursion_misses` tells. A skipped run may
     /// have been an event: the count goes in the trailer and the summary,
-    /// never silently (kernels before 6.7 count only fentry's). Runs of a
+    /// never silently. Raw tracepoints have had the guard and its count
+    /// since 6.2 (none skipped before); kprobes' skips are counted since
+    /// 6.7. Runs of a
     /// program whose twin is loaded too are the twin's ([`super::Spec::twins`]).
     /// Each entry: (program, runs skipped, whether its twin took them).
     pub fn missed(&self) -> Vec<(String, u64, bool)> {
