@@ -1139,10 +1139,12 @@ fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
 /// node's lost SYNs are processed in softirqs that interrupt it (RPS sends
 /// the node's receive to either CPU by IPI, and retransmits come from timer
 /// softirqs). The kernel does not run a tracing program that fires while
-/// the same program already runs on that CPU: before the confirm probe had
-/// a twin, those insert failures were never seen (4 of 105 on a crowded CI
-/// node). Rounds go on until the pair was skipped at least once (or 30 s):
-/// insert_failed events still equal the kernel's, every round.
+/// the same program already runs on that CPU; the kfree_skb programs' twins
+/// take those runs. Without the confirm twin this test failed (59 and 62 of
+/// 63, the shape of the crowded CI failures, though no skipped run was
+/// counted there: a second cause may remain). Rounds go on until a pair was
+/// skipped at least once (or 30 s): insert_failed and nf_drop events equal
+/// the kernel's, every round.
 #[test]
 fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
     require_host!();
