@@ -1038,6 +1038,59 @@ fn lab_stops_and_cleans_up_on_sigterm() {
     assert_eq!(lab_namespaces(pid), Vec::<String>::new());
 }
 
+/// UDP datagrams to port 9 from `threads` threads in netns `ns`, in bursts
+/// of `burst` every `pause_ms`, for `max_s` seconds at most: a rule there
+/// drops them (a netfilter drop in process context, per datagram).
+/// `dst(i, sent)`: the destination of the burst's i-th datagram.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<u64>>>,
+}
+
+impl Flood {
+    fn start(
+        ns: &str,
+        threads: usize,
+        bind: &'static str,
+        burst: u32,
+        pause_ms: u64,
+        max_s: u64,
+        dst: fn(u32, u64) -> std::net::SocketAddrV4,
+    ) -> Flood {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                ctrace::lab::topology::spawn_in(ns, move || {
+                    let s = std::net::UdpSocket::bind(bind)?;
+                    let t0 = Instant::now();
+                    let mut sent = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && t0.elapsed() < Duration::from_secs(max_s)
+                    {
+                        for i in 0..burst {
+                            let _ = s.send_to(b"x", dst(i, sent));
+                            sent += 1;
+                        }
+                        std::thread::sleep(Duration::from_millis(pause_ms));
+                    }
+                    Ok(sent)
+                })
+            })
+            .collect();
+        Flood { stop, threads }
+    }
+
+    /// Stops every thread; the datagrams they sent.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|h| ctrace::lab::topology::join(h).unwrap())
+            .sum()
+    }
+}
+
 /// A crowded node: two SNAT races in two lab nodes at once, and a UDP drop
 /// flood in a third namespace; ctrace traces one node. Its insert_failed
 /// events equal that node's kernel delta exactly, every run, and no conntrack
@@ -1061,26 +1114,10 @@ fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
         &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
     )
     .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = {
-        let stop = stop.clone();
-        ctrace::lab::topology::spawn_in(&c.names.pods, move || {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-            let t0 = Instant::now();
-            let mut sent = 0u64;
-            // bounded: 20k datagrams/s at most, 10 minutes at most
-            while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                && t0.elapsed() < Duration::from_secs(600)
-            {
-                for _ in 0..200 {
-                    let _ = s.send_to(b"x", "192.0.2.99:9");
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(sent)
-        })
-    };
+    // the flood: 20k datagrams/s at most, 10 minutes at most
+    let flood = Flood::start(&c.names.pods, 1, "0.0.0.0:0", 200, 10, 600, |_, _| {
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(192, 0, 2, 99), 9)
+    });
     let node = a.node_inode;
     for run in 0..5 {
         let mut ct = a.node_ctnetlink().unwrap();
@@ -1128,8 +1165,7 @@ fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
         assert_eq!(k.insert_failed, own.insert_failed, "run {run}");
         assert!(foreign.is_empty(), "run {run}: {foreign:?}");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = ctrace::lab::topology::join(flood).unwrap();
+    let sent = flood.stop();
     eprintln!("crowded: the flood sent {sent} datagrams");
     assert!(sent > 0);
 }
@@ -1178,38 +1214,14 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         ],
     )
     .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let floods: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            ctrace::lab::topology::spawn_in(&f.names.pods, move || {
-                let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-                let t0 = Instant::now();
-                let mut sent = 0u64;
-                // bounded: ~50k datagrams/s per thread (the tests beside this
-                // one must keep their CPU), 2 minutes at most
-                while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                    && t0.elapsed() < Duration::from_secs(120)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                    for i in 0..256u32 {
-                        let dst = std::net::SocketAddrV4::new(
-                            std::net::Ipv4Addr::new(
-                                127,
-                                0,
-                                (i % 200) as u8,
-                                2 + (sent % 200) as u8,
-                            ),
-                            9,
-                        );
-                        let _ = s.send_to(b"x", dst);
-                        sent += 1;
-                    }
-                }
-                Ok(sent)
-            })
-        })
-        .collect();
+    // ~50k datagrams/s per thread (the tests beside this one must keep
+    // their CPU), 2 minutes at most, to 40,000 loopback addresses
+    let flood = Flood::start(&f.names.pods, 2, "127.0.0.1:0", 256, 5, 120, |i, sent| {
+        std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::new(127, 0, (i % 200) as u8, 2 + (sent % 200) as u8),
+            9,
+        )
+    });
     let node = a.node_inode;
     let t0 = Instant::now();
     let mut skipped = 0;
@@ -1244,11 +1256,7 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         skipped += pair;
         runs += 1;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent: u64 = floods
-        .into_iter()
-        .map(|h| ctrace::lab::topology::join(h).unwrap())
-        .sum();
+    let sent = flood.stop();
     eprintln!(
         "nested: {runs} runs, {skipped} skipped runs of the pairs, the flood sent {sent} datagrams"
     );
