@@ -77,25 +77,26 @@ static __always_inline void ct_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
-/* Zeroes only what some kind may leave unset: the head (addresses, kind, cpu,
- * netns, reason codes, seq/ack), the capture lengths, the small fields and the
- * original tuple. Not the window bounds (td_*, bound: read only with
- * CT_F_WINDOW or a logged window reason, and written by the window path), the
- * reply tuple (read only with CT_F_REPLY, which ct_read_conn sets after
- * writing all of it) or the reason text past its first byte (read only as a C
- * string). A field added to the record must fall in a zeroed range or be
- * written by every kind. */
-static __always_inline struct ct_event *ct_fill_new(struct ct_event *e, __u32 kind, __u8 source)
+/* Zeroes only what some kind may leave unset: everything up to the reply
+ * tuple (addresses, kind, cpu, netns, reason codes, seq/ack, the capture
+ * lengths, the small fields and the original tuple). Not the reply tuple
+ * (read only with CT_F_REPLY, which ct_read_conn sets after writing all of
+ * it), the window bounds (td_*, bound: read only with CT_F_WINDOW or a logged
+ * window reason, and written by the window path) or the reason text past its
+ * first byte (read only as a C string) -- and none of those exists in a
+ * shorter record (enum ct_len). A field added to the record must fall in the
+ * zeroed range or be written by every kind. `len` is a constant at every
+ * call: a record of CT_LEN_PACKET or CT_LEN_CONN bytes has no reason text. */
+static __always_inline struct ct_event *ct_fill_new(struct ct_event *e, __u32 kind, __u8 source,
+						    __u32 len)
 {
 	if (!e) {
 		ct_lost();
 		return NULL;
 	}
-	__builtin_memset(e, 0, __builtin_offsetof(struct ct_event, td_end));
-	__builtin_memset(&e->pkt_len, 0,
-			 __builtin_offsetof(struct ct_event, reply) -
-				 __builtin_offsetof(struct ct_event, pkt_len));
-	e->reason_text[0] = 0;
+	__builtin_memset(e, 0, CT_LEN_PACKET);
+	if (len == CT_LEN_FULL)
+		e->reason_text[0] = 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
 	e->cpu = bpf_get_smp_processor_id();
@@ -104,9 +105,16 @@ static __always_inline struct ct_event *ct_fill_new(struct ct_event *e, __u32 ki
 	return e;
 }
 
+/* A record of `len` bytes (enum ct_len, a constant): only the fields before
+ * that offset may be written. */
+static __always_inline struct ct_event *ct_reserve_len(__u32 kind, __u8 source, __u32 len)
+{
+	return ct_fill_new(bpf_ringbuf_reserve(&events, len, 0), kind, source, len);
+}
+
 static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
 {
-	return ct_fill_new(bpf_ringbuf_reserve(&events, sizeof(struct ct_event), 0), kind, source);
+	return ct_reserve_len(kind, source, CT_LEN_FULL);
 }
 
 /* A record with room for its packet's bytes after it (ct_capture fills them). */
@@ -115,7 +123,7 @@ static __always_inline struct ct_event *ct_reserve_pkt(__u32 kind, __u8 source)
 	if (!snap_room)
 		return ct_reserve(kind, source);
 	return ct_fill_new(bpf_ringbuf_reserve(&events, sizeof(struct ct_event) + snap_room, 0),
-			   kind, source);
+			   kind, source, CT_LEN_FULL);
 }
 
 /* Forced wake-ups of the reader: at most one per CT_WAKE_GAP_NS per object. */
@@ -248,9 +256,15 @@ static __always_inline bool ct_info_may_be_unconfirmed(unsigned long nfct)
 	return info == 1 || info == 2;
 }
 
-static __always_inline struct nf_conn *ct_of_skb(struct sk_buff *skb)
+/* `direct`: skb is a trusted BTF pointer (tp_btf and fentry arguments, the
+ * netfilter context), so its fields are plain loads; otherwise (a kprobe's
+ * register) each goes through bpf_probe_read_kernel. The flag is a constant at
+ * every call site: the other branch is compiled away. */
+#define CT_SKB(skb, direct, f) ((direct) ? (skb)->f : BPF_CORE_READ(skb, f))
+
+static __always_inline struct nf_conn *ct_of_skb(struct sk_buff *skb, bool direct)
 {
-	unsigned long nfct = BPF_CORE_READ(skb, _nfct);
+	unsigned long nfct = CT_SKB(skb, direct, _nfct);
 
 	return (struct nf_conn *)(nfct & ~7UL);
 }
@@ -273,16 +287,76 @@ static __always_inline void ct_nat_port(struct ct_event *e, unsigned long status
 	}
 }
 
-/* `direct`: skb is a trusted BTF pointer (tp_btf and fentry arguments, the
- * netfilter context), so its fields are plain loads; otherwise (a kprobe's
- * register) each goes through bpf_probe_read_kernel. The flag is a constant at
- * every call site: the other branch is compiled away. */
-#define CT_SKB(skb, direct, f) ((direct) ? (skb)->f : BPF_CORE_READ(skb, f))
+
+/* Packet headers cast to their kernel types with bpf_rdonly_cast, like
+ * conntrack entries (ct_cast above): struct iphdr, ipv6hdr, tcphdr, udphdr's
+ * vmlinux BTF ids from user space (src/probe/features.rs), all 0 where the
+ * kfunc is missing. Their layout is the wire format, so no field moves; the
+ * loads fault like a probe read (a faulting load reads 0, which fails the
+ * version test). Two bpf_probe_read_kernel calls per event were a fifth of a
+ * drop event's samples. */
+const volatile __u32 pkt_btf_id[4] = {};
+
+#define pkt_cast (pkt_btf_id[0] != 0)
+#define PKT_CAST(type, i, p) ((const struct type *)bpf_rdonly_cast((p), pkt_btf_id[i]))
+
+/* The L4 ports and TCP fields, from a header that can be loaded directly
+ * (cast) or was copied to the stack. */
+#define CT_FILL_L4(e, proto, tcp, udp)                                  \
+	do {                                                              \
+		if ((proto) == IPPROTO_TCP) {                             \
+			(e)->orig.sport = bpf_ntohs((tcp)->source);       \
+			(e)->orig.dport = bpf_ntohs((tcp)->dest);         \
+			(e)->seq = bpf_ntohl((tcp)->seq);                 \
+			(e)->ack = bpf_ntohl((tcp)->ack_seq);             \
+			(e)->win = bpf_ntohs((tcp)->window);              \
+			(e)->tcp_flags = ((const __u8 *)(tcp))[13];       \
+		} else {                                                  \
+			(e)->orig.sport = bpf_ntohs((udp)->source);       \
+			(e)->orig.dport = bpf_ntohs((udp)->dest);         \
+		}                                                         \
+	} while (0)
+
+/* ct_read_packet's cast path: plain loads through read-only BTF pointers. */
+static __always_inline int ct_read_packet_cast(struct ct_event *e, unsigned char *head, __u16 nh)
+{
+	const struct iphdr *v4 = PKT_CAST(iphdr, 0, head + nh);
+	__u8 first = *(const __u8 *)v4;
+	__u32 l4off;
+	__u8 proto;
+
+	if ((first >> 4) == 4) {
+		e->family = 4;
+		proto = v4->protocol;
+		*(__u32 *)e->orig.src = v4->saddr;
+		*(__u32 *)e->orig.dst = v4->daddr;
+		l4off = nh + (first & 0xf) * 4;
+	} else if ((first >> 4) == 6) {
+		const struct ipv6hdr *v6 = PKT_CAST(ipv6hdr, 1, head + nh);
+
+		e->family = 6;
+		proto = v6->nexthdr; /* extension headers are not followed */
+		__builtin_memcpy(e->orig.src, &v6->saddr, 16);
+		__builtin_memcpy(e->orig.dst, &v6->daddr, 16);
+		l4off = nh + sizeof(*v6);
+	} else {
+		return -1;
+	}
+	e->proto = proto;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		const struct tcphdr *th = PKT_CAST(tcphdr, 2, head + l4off);
+		const struct udphdr *uh = PKT_CAST(udphdr, 3, head + l4off);
+
+		CT_FILL_L4(e, proto, th, uh);
+	}
+	return proto;
+}
 
 /* Read the IP and TCP/UDP headers of a packet whose network header is set.
  * Fills family, proto, orig tuple and (TCP) seq/ack/win/flags. Returns the
- * L4 protocol, or -1 when the headers cannot be read. Two reads of packet
- * bytes: the network header (40 bytes cover both families) and the L4 one. */
+ * L4 protocol, or -1 when the headers cannot be read. Plain loads where the
+ * headers can be cast (pkt_cast); otherwise two reads of packet bytes: the
+ * network header (40 bytes cover both families) and the L4 one. */
 static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *skb, bool direct)
 {
 	unsigned char *head = CT_SKB(skb, direct, head);
@@ -292,9 +366,15 @@ static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *sk
 		struct ipv6hdr v6;
 		__u8 first;
 	} ip;
+	union {
+		struct tcphdr t;
+		struct udphdr u;
+	} l4;
 	__u32 l4off;
 	__u8 proto;
 
+	if (pkt_cast)
+		return ct_read_packet_cast(e, head, nh);
 	if (bpf_probe_read_kernel(&ip, sizeof(ip.v6), head + nh) &&
 	    bpf_probe_read_kernel(&ip, sizeof(ip.v4), head + nh))
 		return -1;
@@ -314,24 +394,11 @@ static __always_inline int ct_read_packet(struct ct_event *e, struct sk_buff *sk
 		return -1;
 	}
 	e->proto = proto;
-	if (proto == IPPROTO_TCP) {
-		struct tcphdr th;
-
-		if (bpf_probe_read_kernel(&th, sizeof(th), head + l4off))
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		if (bpf_probe_read_kernel(&l4, proto == IPPROTO_TCP ? sizeof(l4.t) : sizeof(l4.u),
+					  head + l4off))
 			return proto;
-		e->orig.sport = bpf_ntohs(th.source);
-		e->orig.dport = bpf_ntohs(th.dest);
-		e->seq = bpf_ntohl(th.seq);
-		e->ack = bpf_ntohl(th.ack_seq);
-		e->win = bpf_ntohs(th.window);
-		e->tcp_flags = ((__u8 *)&th)[13];
-	} else if (proto == IPPROTO_UDP) {
-		struct udphdr uh;
-
-		if (bpf_probe_read_kernel(&uh, sizeof(uh), head + l4off))
-			return proto;
-		e->orig.sport = bpf_ntohs(uh.source);
-		e->orig.dport = bpf_ntohs(uh.dest);
+		CT_FILL_L4(e, proto, &l4.t, &l4.u);
 	}
 	return proto;
 }

@@ -5,7 +5,7 @@
 #ifndef CTRACE_H
 #define CTRACE_H
 
-#define CT_ABI_VERSION 3
+#define CT_ABI_VERSION 4
 
 enum ct_kind {
 	CT_KIND_NAT_ALLOC = 1,
@@ -94,7 +94,6 @@ struct ct_event {
 	__u32 reason;     /* enum ct_reason */
 	__u32 drop_reason;/* skb_drop_reason / sk_rst_reason value */
 	__u32 seq, ack;   /* TCP header of the packet */
-	__u32 td_end, td_maxend, td_maxwin, bound; /* sender's window state, kernel's bound */
 	__u32 pkt_len;    /* captured: the packet's length from its IP header on */
 	__u32 cap_len;    /* captured: how many of those bytes follow the record (0: none) */
 	__u16 win;        /* TCP window field */
@@ -108,8 +107,24 @@ struct ct_event {
 	__u8 verdict;     /* window: proposed nf_ct_tcp_action (0 ignore, 1 invalid, 2 accept) */
 	__u8 final_verdict;
 	struct ct_tuple orig;
+	/* a record of CT_LEN_PACKET bytes ends here */
 	struct ct_tuple reply;
+	/* a record of CT_LEN_CONN bytes ends here */
+	__u32 td_end, td_maxend, td_maxwin, bound; /* sender's window state, kernel's bound */
 	char reason_text[64];
+};
+
+/* How much of the record an event of each kind has (its reservation in the
+ * ring): an event describing a packet (nf_drop, syn_retrans) stops before
+ * the reply tuple, one describing a connection (nat_alloc, clash_resolved)
+ * before the window state; the others, and any event that carries its
+ * packet's bytes (which follow a whole record), are whole. A shorter record
+ * is fewer cache lines written per event and more events in the ring. The
+ * reader treats the missing tail as zeros. */
+enum ct_len {
+	CT_LEN_PACKET = __builtin_offsetof(struct ct_event, reply),
+	CT_LEN_CONN = __builtin_offsetof(struct ct_event, td_end),
+	CT_LEN_FULL = sizeof(struct ct_event),
 };
 
 /* Every enum of the ABI in one struct, instantiated once in common.bpf.h, so
@@ -123,6 +138,7 @@ struct ct_abi {
 	enum ct_win_log win_log;
 	enum ct_verdict verdict;
 	enum ct_snap snap;
+	enum ct_len len;
 };
 
 #endif

@@ -50,7 +50,17 @@ const _: () = {
     assert!(RAW_EVENT_SIZE == 24 + 52 + 4 + 8 + 72 + 64);
     // a record followed by its packet's bytes keeps the ring's 8-byte alignment
     assert!(RAW_EVENT_SIZE % 8 == 0);
+    assert!(LEN_FULL == RAW_EVENT_SIZE);
+    assert!(LEN_PACKET < LEN_CONN && LEN_CONN < LEN_FULL);
 };
+
+/// `enum ct_len`: the bytes of a record that describes a packet (nf_drop,
+/// syn_retrans: up to the reply tuple) or a connection (nat_alloc,
+/// clash_resolved: up to the window state); every other record is whole.
+/// What a shorter record lacks reads as zeros.
+pub const LEN_PACKET: usize = t::ct_len::CT_LEN_PACKET.0 as usize;
+pub const LEN_CONN: usize = t::ct_len::CT_LEN_CONN.0 as usize;
+pub const LEN_FULL: usize = t::ct_len::CT_LEN_FULL.0 as usize;
 
 /// `enum ct_snap`: the most packet bytes one record carries after it.
 pub const SNAP_MAX: u32 = t::ct_snap::CT_SNAP_MAX.0;
@@ -129,8 +139,10 @@ pub mod verdict {
 mod tests {
     use std::collections::BTreeMap;
 
-    /// Every enumerator of bpf/ctrace.h, by name, with its value.
-    fn header_enums() -> BTreeMap<String, u64> {
+    /// Every enumerator of bpf/ctrace.h, by name, with its value; one the
+    /// header computes from the record's layout (`enum ct_len`) as its
+    /// expression's text.
+    fn header_enums() -> BTreeMap<String, Result<u64, String>> {
         let h = include_str!("../bpf/ctrace.h");
         let mut m = BTreeMap::new();
         let mut in_enum = false;
@@ -150,12 +162,18 @@ mod tests {
             let Some((name, rest)) = l.split_once('=') else {
                 continue;
             };
-            let v = rest.split(',').next().unwrap_or("").trim();
-            let v = match v.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => v.parse(),
-            }
-            .unwrap_or_else(|e| panic!("{l}: {e}"));
+            let r = rest.trim();
+            let v = if r.starts_with("__builtin_offsetof(") || r.starts_with("sizeof(") {
+                let end = r.find(')').unwrap_or_else(|| panic!("{l}: unclosed"));
+                Err(r[..=end].to_string())
+            } else {
+                let v = r.split(',').next().unwrap_or("").trim();
+                Ok(match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16),
+                    None => v.parse(),
+                }
+                .unwrap_or_else(|e| panic!("{l}: {e}")))
+            };
             m.insert(name.trim().to_string(), v);
         }
         m
@@ -209,10 +227,36 @@ mod tests {
             ("CT_V_INVALID", verdict::INVALID.into()),
             ("CT_V_ACCEPT", verdict::ACCEPT.into()),
             ("CT_SNAP_MAX", SNAP_MAX.into()),
+            ("CT_LEN_PACKET", LEN_PACKET as u64),
+            ("CT_LEN_CONN", LEN_CONN as u64),
+            ("CT_LEN_FULL", LEN_FULL as u64),
         ];
+        // what the header computes from the layout, computed again here
+        let layout = |expr: &str| -> u64 {
+            let off = |f: &str| match f {
+                "reply" => std::mem::offset_of!(RawEvent, reply),
+                "td_end" => std::mem::offset_of!(RawEvent, td_end),
+                _ => panic!("{expr}: no such field in the check"),
+            };
+            if let Some(f) = expr
+                .strip_prefix("__builtin_offsetof(struct ct_event, ")
+                .and_then(|r| r.strip_suffix(')'))
+            {
+                return off(f) as u64;
+            }
+            assert_eq!(expr, "sizeof(struct ct_event)");
+            RAW_EVENT_SIZE as u64
+        };
         let header = header_enums();
         for (name, v) in &rust {
-            assert_eq!(header.get(*name), Some(v), "{name}");
+            let h = header
+                .get(*name)
+                .unwrap_or_else(|| panic!("{name}: not in the header"));
+            let h = match h {
+                Ok(h) => *h,
+                Err(expr) => layout(expr),
+            };
+            assert_eq!(h, *v, "{name}");
         }
         let reached: std::collections::BTreeSet<&str> = rust.iter().map(|(n, _)| *n).collect();
         for name in header.keys() {

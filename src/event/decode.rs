@@ -14,16 +14,27 @@ use crate::probe::{confirm, window};
 /// `SNAP_MAX` rounded up to 8). Fails on a short or oversized record, a
 /// packet longer than its room, and an unknown kind, rather than guessing.
 pub fn decode(data: &[u8], names: &dyn EnumNames) -> Result<Event> {
-    let room = data.len().wrapping_sub(RAW_EVENT_SIZE);
     let max_room = (abi::SNAP_MAX as usize).div_ceil(8) * 8;
-    if data.len() < RAW_EVENT_SIZE || room > max_room || room % 8 != 0 {
+    // a short record (enum ct_len) is its head; a whole one may carry a
+    // packet after it
+    let head = match data.len() {
+        abi::LEN_PACKET | abi::LEN_CONN => data.len(),
+        n if n >= RAW_EVENT_SIZE => RAW_EVENT_SIZE,
+        _ => 0,
+    };
+    let room = data.len() - head;
+    if head == 0 || room > max_room || room % 8 != 0 {
         bail!(
-            "record of {} bytes, expected {RAW_EVENT_SIZE} (+ a packet of at most {max_room}): BPF objects and ctrace disagree on the event layout",
-            data.len()
+            "record of {} bytes, expected {}, {} or {RAW_EVENT_SIZE} (+ a packet of at most {max_room}): BPF objects and ctrace disagree on the event layout",
+            data.len(),
+            abi::LEN_PACKET,
+            abi::LEN_CONN,
         );
     }
+    let mut whole = [0u8; RAW_EVENT_SIZE];
+    whole[..head].copy_from_slice(&data[..head]);
     let mut raw = RawEvent::default();
-    plain::copy_from_bytes(&mut raw, &data[..RAW_EVENT_SIZE])
+    plain::copy_from_bytes(&mut raw, &whole)
         .map_err(|e| anyhow::anyhow!("record does not fit the event layout: {e:?}"))?;
     let cap = raw.cap_len as usize;
     if cap > room {
@@ -307,6 +318,32 @@ mod tests {
         big.push(0);
         let err = decode(&big, &NoNames).unwrap_err().to_string();
         assert!(err.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn a_short_record_is_its_head_and_the_rest_reads_as_zeros() {
+        // nf_drop: the kernel reserves only up to the reply tuple
+        let mut r = raw(8);
+        r.reason = 20;
+        r.drop_reason = 6;
+        r.reply.sport = 9; // not part of the record
+        let b = bytes(&r);
+        let e = decode(&b[..abi::LEN_PACKET], &NoNames).unwrap();
+        assert_eq!(e.kind, Kind::NfDrop);
+        assert_eq!(e.orig.to_string(), "10.0.0.2:40000 > 192.0.2.1:80");
+        assert!(e.reply.is_none());
+        // nat_alloc: up to the window state
+        let mut r = raw(1);
+        r.flags = REPLY | SNAT;
+        r.reply.dport = 1024;
+        r.td_end = 7;
+        let b = bytes(&r);
+        let e = decode(&b[..abi::LEN_CONN], &NoNames).unwrap();
+        assert_eq!(e.reply.unwrap().dport, 1024);
+        // any other length between them is refused
+        for n in [abi::LEN_PACKET - 1, abi::LEN_PACKET + 8, abi::LEN_CONN + 8] {
+            assert!(decode(&b[..n], &NoNames).is_err(), "{n} bytes");
+        }
     }
 
     #[test]

@@ -69,10 +69,11 @@ pub fn detect_static_at(root: &Path, wanted: &[&str]) -> Features {
         }
     }
     let btf_path = root.join("sys/kernel/btf/vmlinux");
-    let (kfree_skb_reason, tcp_send_reset_nosk, ct_cast) = btf_facts(&btf_path);
+    let facts = btf_facts(&btf_path);
+    let (kfree_skb_reason, tcp_send_reset_nosk) = (facts.reason, facts.rst);
     if root == Path::new("/") {
         let _ = RESET_FNS.set(reset_fn_ranges_in(&kallsyms));
-        let _ = CT_CAST.set(ct_cast);
+        let _ = CASTS.set(facts.casts);
     }
     Features {
         kernel: crate::sys::kernel_release(),
@@ -89,7 +90,21 @@ pub fn detect_static_at(root: &Path, wanted: &[&str]) -> Features {
 }
 
 static RESET_FNS: std::sync::OnceLock<[u64; 4]> = std::sync::OnceLock::new();
-static CT_CAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+static CASTS: std::sync::OnceLock<Casts> = std::sync::OnceLock::new();
+
+/// vmlinux BTF ids of the types BPF casts kernel memory to with
+/// `bpf_rdonly_cast` (6.2+), so that their fields are plain loads instead of
+/// `bpf_probe_read_kernel` calls; all 0 where the kfunc is missing.
+#[derive(Clone, Copy, Default)]
+struct Casts {
+    nf_conn: u32,
+    /// struct iphdr, ipv6hdr, tcphdr, udphdr (`pkt_btf_id` in bpf/common.bpf.h).
+    packet: [u32; 4],
+}
+
+fn casts() -> Casts {
+    *CASTS.get_or_init(|| btf_facts(Path::new("/sys/kernel/btf/vmlinux")).casts)
+}
 
 /// The vmlinux BTF id of `struct nf_conn` when BPF can cast a conntrack
 /// entry to it (`ct_btf_id` in bpf/common.bpf.h), else 0: only where the type
@@ -100,7 +115,17 @@ static CT_CAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 /// relocation ambiguous. Read from the kernel's BTF once per process (the
 /// feature scan fills it on the way).
 pub fn ct_btf_id() -> u32 {
-    *CT_CAST.get_or_init(|| btf_facts(Path::new("/sys/kernel/btf/vmlinux")).2)
+    casts().nf_conn
+}
+
+/// The vmlinux BTF ids of `struct iphdr`, `ipv6hdr`, `tcphdr` and `udphdr`
+/// where BPF can cast a packet's headers to them (`pkt_btf_id` in
+/// bpf/common.bpf.h: every header read is then a few plain loads, where it
+/// was two `bpf_probe_read_kernel` calls, a fifth of a drop event's cost),
+/// else zeros (before 6.2: the probe reads stay). Their layout is the wire
+/// format, the same on every kernel; only the ids differ.
+pub fn packet_btf_ids() -> [u32; 4] {
+    casts().packet
 }
 
 /// `[start, end)` of `tcp_v4_send_reset` and of `tcp_v6_send_reset` on the
@@ -157,12 +182,22 @@ pub fn reset_fn_ranges_in(kallsyms: &str) -> [u64; 4] {
 /// Reads three facts from the kernel's BTF: does kfree_skb's tracepoint have
 /// a reason (3+ arguments), does `enum sk_rst_reason` exist (6.10+, where
 /// tcp_send_reset also fires for the RST sent without a socket), and can an
-/// nf_conn be cast with bpf_rdonly_cast ([`ct_btf_id`]).
-fn btf_facts(path: &Path) -> (bool, bool, u32) {
+/// nf_conn and the packet headers be cast with bpf_rdonly_cast ([`Casts`]).
+struct BtfFacts {
+    reason: bool,
+    rst: bool,
+    casts: Casts,
+}
+
+fn btf_facts(path: &Path) -> BtfFacts {
     use libbpf_rs::btf::types::{Enum, Func, FuncProto, Struct, Typedef};
     use libbpf_rs::btf::{Btf, BtfKind};
     let Ok(btf) = Btf::from_path(path) else {
-        return (false, false, 0);
+        return BtfFacts {
+            reason: false,
+            rst: false,
+            casts: Casts::default(),
+        };
     };
     let reason = btf
         .type_by_name::<Typedef>("btf_trace_kfree_skb")
@@ -180,11 +215,21 @@ fn btf_facts(path: &Path) -> (bool, bool, u32) {
         .map(|p| p.len() >= 4) // (void *ctx, skb, location, reason, ...)
         .unwrap_or(false);
     let rst = btf.type_by_name::<Enum>("sk_rst_reason").is_some();
-    let cast = match btf.type_by_name::<Struct>("nf_conn") {
-        Some(t) if btf.type_by_name::<Func>("bpf_rdonly_cast").is_some() => u32::from(t.type_id()),
-        _ => 0,
-    };
-    (reason, rst, cast)
+    let mut casts = Casts::default();
+    if btf.type_by_name::<Func>("bpf_rdonly_cast").is_some() {
+        let id = |name: &str| {
+            btf.type_by_name::<Struct>(name)
+                .map(|t| u32::from(t.type_id()))
+                .unwrap_or(0)
+        };
+        let packet = ["iphdr", "ipv6hdr", "tcphdr", "udphdr"].map(id);
+        casts.nf_conn = id("nf_conn");
+        // all four or none: the BPF side tests the first
+        if packet.iter().all(|&i| i != 0) {
+            casts.packet = packet;
+        }
+    }
+    BtfFacts { reason, rst, casts }
 }
 
 #[cfg(test)]

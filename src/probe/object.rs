@@ -65,6 +65,7 @@ macro_rules! open_probe_object {
             ro.snap_room = cfg.snap_room;
             ro.rst_fns = $crate::probe::features::reset_fn_ranges();
             ro.ct_btf_id = $crate::probe::features::ct_btf_id();
+            ro.pkt_btf_id = $crate::probe::features::packet_btf_ids();
         }
         open.maps
             .events

@@ -31,7 +31,7 @@ static __always_inline void confirm_enter(struct sk_buff *skb)
 
 	if (!s)
 		return;
-	ct = ct_of_skb(skb);
+	ct = ct_of_skb(skb, false);
 	s->skb = (__u64)skb;
 	s->nfct = (__u64)ct;
 	s->status = ct ? ct_status(ct) : 0;
@@ -50,7 +50,8 @@ static __always_inline void confirm_emit(__u32 kind, __u32 reason, struct nf_con
 
 	if (!ct_netns_wanted(netns))
 		return;
-	e = kind == CT_KIND_INSERT_FAILED ? ct_reserve_pkt(kind, source) : ct_reserve(kind, source);
+	e = kind == CT_KIND_INSERT_FAILED ? ct_reserve_pkt(kind, source)
+					 : ct_reserve_len(kind, source, CT_LEN_CONN);
 	if (!e)
 		return;
 	e->netns = netns;
@@ -80,7 +81,7 @@ static __always_inline void confirm_exit(struct sk_buff *skb, int ret, __u8 sour
 			     skb, source);
 		return;
 	}
-	now = ct_of_skb(skb);
+	now = ct_of_skb(skb, false); /* a remembered number */
 	if (now && now != ct) {
 		/* merged: the loser was released; report the entry it merged into */
 		confirm_emit(CT_KIND_CLASH_RESOLVED, CT_R_CLASH_MERGED, now, NULL, source);
@@ -218,7 +219,7 @@ static __always_inline int confirm_dropped(struct sk_buff *skb, void *location,
 	/* the reason is an argument: the common case costs no map access */
 	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
 		return 0;
-	ct = ct_of_skb(skb);
+	ct = ct_of_skb(skb, true); /* the tracepoint's skb: a plain load */
 	if (!ct)
 		return 0;
 	p = pending_slot((__u64)ct);

@@ -17,7 +17,7 @@ static __always_inline void nat_emit(struct nf_conn *ct, __u32 maniptype, __u32 
 	/* a null binding leaves the tuple as it was: not a translation */
 	if (!(status & bit) || !ct_netns_wanted(netns))
 		return;
-	e = ct_reserve(CT_KIND_NAT_ALLOC, source);
+	e = ct_reserve_len(CT_KIND_NAT_ALLOC, source, CT_LEN_CONN);
 	if (!e)
 		return;
 	e->netns = netns;
@@ -102,7 +102,7 @@ int nat_nf(struct bpf_nf_ctx *ctx)
 	netns = ctx->state->net->ns.inum;
 	if (!ct_netns_wanted(netns))
 		return NF_ACCEPT;
-	e = ct_reserve(CT_KIND_NAT_ALLOC, CT_SRC_NETFILTER);
+	e = ct_reserve_len(CT_KIND_NAT_ALLOC, CT_SRC_NETFILTER, CT_LEN_CONN);
 	if (!e)
 		return NF_ACCEPT;
 	e->netns = netns;

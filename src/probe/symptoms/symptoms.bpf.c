@@ -83,7 +83,7 @@ static __always_inline bool sym_drop_wanted(struct sk_buff *skb, enum skb_drop_r
 static __always_inline void sym_drop_emit(struct sk_buff *skb, void *location,
 					  enum skb_drop_reason reason, __u32 netns)
 {
-	struct ct_event *e = ct_reserve(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT);
+	struct ct_event *e = ct_reserve_len(CT_KIND_NF_DROP, CT_SRC_TRACEPOINT, CT_LEN_PACKET);
 
 	if (!e)
 		return;
@@ -285,7 +285,7 @@ static __always_inline bool sym_retrans_wanted(const struct sock *sk, __u32 *net
 static __always_inline void sym_retrans_emit(const struct sock *sk, __u32 netns)
 {
 	const struct sock_common *c = &sk->__sk_common;
-	struct ct_event *e = ct_reserve(CT_KIND_SYN_RETRANS, CT_SRC_TRACEPOINT);
+	struct ct_event *e = ct_reserve_len(CT_KIND_SYN_RETRANS, CT_SRC_TRACEPOINT, CT_LEN_PACKET);
 
 	if (!e)
 		return;
