@@ -14,6 +14,10 @@ use crate::pipeline::{Batch, BtfNames, Pipeline};
 use crate::probe::load::{self, Config, Loaded, Shared};
 use crate::probe::plan::Plan;
 use crate::probe::{features::Features, Mode, Probe};
+
+/// The most events [`Session::next_output`] takes in one call (about: whole
+/// batches).
+pub const MAX_OUTPUT_EVENTS: usize = 4096;
 use crate::record::Header;
 
 #[derive(Clone, Debug)]
@@ -183,14 +187,32 @@ impl Session {
     /// which every event has been read, never to "now": a reader that lags
     /// (a loaded node, a VM) must not close an incident whose next event is
     /// still in the ring.
+    ///
+    /// At most about [`MAX_OUTPUT_EVENTS`] events are taken per call, in
+    /// batches, so that a consumer that fell behind works through its backlog
+    /// in pieces of one size instead of gathering all of it first. Until the
+    /// queue is empty the clock does not move: events still queued may be
+    /// older than `upto`.
     pub fn next_output(&self, corr: &mut Correlator, d: Duration) -> incident::Output {
         let upto = self.pipeline.caught_up_ns();
         let mut out = incident::Output::default();
-        let first = self.pipeline.recv_timeout(d).unwrap_or_default();
-        for e in first.into_iter().chain(self.pipeline.try_recv_all()) {
-            out.extend(corr.push(e));
+        let mut taken = 0;
+        let mut next = self.pipeline.recv_timeout(d);
+        let mut drained = next.is_none();
+        while let Some(b) = next.take() {
+            taken += b.len();
+            for e in b {
+                out.extend(corr.push(e));
+            }
+            if taken >= MAX_OUTPUT_EVENTS {
+                break;
+            }
+            next = self.pipeline.try_recv();
+            drained = next.is_none();
         }
-        out.extend(corr.tick(upto));
+        if drained {
+            out.extend(corr.tick(upto));
+        }
         out
     }
 

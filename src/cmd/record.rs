@@ -44,7 +44,8 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     // on this (the consumer) thread, never the ring buffer's: its cost is a
     // cache lookup, a scan of the node on a miss at most once a second
     let mut workloads = (!a.trace.no_workloads).then(|| Resolver::new("/"));
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    // per kind; &'static keys: no allocation per event
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut total = 0u64;
     let t0 = Instant::now();
     let deadline = a.duration.map(|d| t0 + d);
@@ -59,7 +60,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut emit = |out: incident::Output,
                     w: &mut Writer,
                     pcap: &mut Option<PcapWriter<BufWriter<File>>>,
-                    counts: &mut BTreeMap<String, u64>,
+                    counts: &mut BTreeMap<&'static str, u64>,
                     total: &mut u64,
                     incidents: &mut BTreeMap<String, BTreeMap<String, u64>>|
      -> Result<()> {
@@ -68,7 +69,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             if let Some(r) = workloads.as_mut() {
                 r.fill(&mut e);
             }
-            *counts.entry(e.kind.name().to_string()).or_default() += 1;
+            *counts.entry(e.kind.name()).or_default() += 1;
             *total += 1;
             // the frame after the event's incident, winner and workload are
             // known: its comment names them
@@ -163,7 +164,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let trailer = Trailer {
         end_wall: crate::record::now_rfc3339(),
         end_mono_ns,
-        events: counts,
+        events: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         incidents,
         lost: fin.lost,
         lost_user: fin.lost_user,
