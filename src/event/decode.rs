@@ -234,7 +234,7 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
         nat,
         remapped: flags & flag::REMAPPED != 0,
         random_fully: flags & flag::RANDOM_FULLY != 0,
-        tcp,
+        tcp: tcp.map(Box::new),
         // no hook that writes records is known to run for a task (see
         // common.bpf.h): no pid rather than a wrong one
         context: "unattributed".into(),

@@ -184,7 +184,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub random_fully: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<Tcp>,
+    pub tcp: Option<Box<Tcp>>,
     /// "task" when pid/comm/cgroup_id describe the process that caused the event;
     /// "unattributed" when the hook may run in softirq, where the current task is
     /// whoever was interrupted: no pid is given rather than a wrong one.
@@ -210,7 +210,7 @@ pub struct Event {
     /// the host), filled by the consumer (`crate::workload`); absent where
     /// unknown or turned off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<crate::workload::Workload>,
+    pub workload: Option<std::sync::Arc<crate::workload::Workload>>,
     /// The incident this event belongs to (`{"type":"incident","id":N}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<u64>,

@@ -334,10 +334,10 @@ fn stable_mode_sees_a_resolved_clash_in_two_allocations_of_one_tuple() {
 
 fn seg(kind: Kind, orig: Tuple, ts: u64, flags: &str, hook: Option<&str>) -> Event {
     let mut e = ev(kind, orig, ts, 0);
-    e.tcp = Some(Tcp {
+    e.tcp = Some(Box::new(Tcp {
         flags: flags.into(),
         ..Default::default()
-    });
+    }));
     e.hook = hook.map(String::from);
     e
 }

@@ -7,7 +7,6 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 
 use super::Line;
 use crate::event::Event;
@@ -18,6 +17,8 @@ pub struct Writer {
     out: BufWriter<Box<dyn Write + Send>>,
     name: String,
     lines: u64,
+    /// One event's JSON, reused.
+    buf: Vec<u8>,
     /// The file this writer created: removed again if not even the header
     /// was written (a `record` that failed to start leaves nothing behind
     /// that would make the next try refuse the path).
@@ -65,6 +66,7 @@ impl Writer {
             out: BufWriter::with_capacity(1 << 16, out),
             name,
             lines: 0,
+            buf: Vec::with_capacity(1024),
             created: None,
         }
     }
@@ -80,19 +82,21 @@ impl Writer {
     }
 
     pub fn event(&mut self, e: &Event) -> Result<()> {
-        // Serialize the event with its "type" tag without cloning it.
-        #[derive(Serialize)]
-        struct Tagged<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            #[serde(flatten)]
-            e: &'a Event,
-        }
-        serde_json::to_writer(&mut self.out, &Tagged { ty: "event", e })
+        // The event's own object with its "type" tag first: serialized into
+        // a reused buffer and written after `{"type":"event",` in place of
+        // its opening brace. (A struct with the event flattened into it
+        // went through serde's map path: a fifth of record's CPU at 200k
+        // events/s.) Event always has fields, so the object is never `{}`.
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, e)
             .with_context(|| format!("writing {}", self.name))?;
-        self.out
-            .write_all(b"\n")
-            .with_context(|| format!("writing {}", self.name))?;
+        let body = self.buf.strip_prefix(b"{").unwrap_or(&self.buf);
+        let w = (|| {
+            self.out.write_all(br#"{"type":"event","#)?;
+            self.out.write_all(body)?;
+            self.out.write_all(b"\n")
+        })();
+        w.with_context(|| format!("writing {}", self.name))?;
         self.lines += 1;
         Ok(())
     }
@@ -259,6 +263,39 @@ mod tests {
     fn one_line(w: &mut Writer) {
         w.write(&Line::Trailer(Trailer::default())).unwrap();
         w.flush().unwrap();
+    }
+
+    #[test]
+    fn an_event_line_is_the_tagged_line_byte_for_byte() {
+        let d = tmpdir("event");
+        let (a, b) = (d.join("a.jsonl"), d.join("b.jsonl"));
+        let orig = crate::event::Tuple {
+            src: "10.0.0.2".parse().unwrap(),
+            sport: 40000,
+            dst: "192.0.2.1".parse().unwrap(),
+            dport: 80,
+        };
+        let mut e = crate::event::Event::new(crate::event::Kind::NfDrop, orig);
+        e.tcp = Some(Box::new(crate::event::Tcp {
+            seq: 7,
+            ..Default::default()
+        }));
+        e.reason = "a \"quoted\" reason".into();
+        e.location = Some("nft_do_chain+0x46f".into());
+        {
+            let mut w = Writer::create(&a).unwrap();
+            w.event(&e).unwrap();
+            w.event(&e).unwrap();
+            w.flush().unwrap();
+            let mut w = Writer::create(&b).unwrap();
+            let line = Line::Event(Box::new(e.clone()));
+            w.write(&line).unwrap();
+            w.write(&line).unwrap();
+            w.flush().unwrap();
+        }
+        let (a, b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        std::fs::remove_dir_all(&d).ok();
     }
 
     #[test]

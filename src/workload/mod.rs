@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -167,7 +168,9 @@ pub struct Resolver {
     source: Box<dyn AddrSource + Send>,
     scan: Scan,
     scanned: Option<Instant>,
-    cache: HashMap<IpAddr, Option<Workload>>,
+    /// Shared with the events that name it: filling an event is a
+    /// reference count, not a copy of its strings.
+    cache: HashMap<IpAddr, Option<Arc<Workload>>>,
     /// Rescan when the last scan is older than this (30 s).
     pub refresh_every: Duration,
     /// A miss rescans at most this often (1 s).
@@ -201,7 +204,7 @@ impl Resolver {
 
     /// The workload that owns `addr`, if any namespace of the node holds it.
     /// Loopback and unspecified addresses are in every namespace: None.
-    pub fn resolve(&mut self, addr: IpAddr) -> Option<Workload> {
+    pub fn resolve(&mut self, addr: IpAddr) -> Option<Arc<Workload>> {
         if addr.is_loopback() || addr.is_unspecified() {
             return None;
         }
@@ -214,7 +217,7 @@ impl Resolver {
         if let Some(r) = self.cache.get(&addr) {
             return r.clone();
         }
-        let mut r = self.lookup(addr);
+        let mut r = self.lookup(addr).map(Arc::new);
         let mut sure = r.is_some();
         if r.is_none()
             && self
@@ -222,7 +225,7 @@ impl Resolver {
                 .map_or(true, |t| t.elapsed() >= self.min_rescan)
         {
             self.rescan();
-            r = self.lookup(addr);
+            r = self.lookup(addr).map(Arc::new);
             sure = true;
         }
         // an address missed between rate-limited scans is asked again later

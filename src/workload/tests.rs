@@ -74,7 +74,7 @@ fn the_hosts_own_addresses_are_the_host() {
     for a in ["10.0.0.11", "10.244.1.1", "2001:db8::11"] {
         let w = r.resolve(ip(a)).unwrap();
         assert_eq!(
-            (w.kind, w.netns, w.name),
+            (w.kind, w.netns, w.name.clone()),
             (WorkloadKind::Host, 4026531840, None),
             "{a}"
         );

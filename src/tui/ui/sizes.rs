@@ -46,7 +46,7 @@ fn lab_app() -> (App, Vec<Event>, Vec<Incident>) {
             Kind::NatAlloc
         };
         let mut e = testkit::event(i, kind, NS + i * 50_000_000, (i % 2) as u32, 80);
-        e.workload = Some(pod());
+        e.workload = Some(std::sync::Arc::new(pod()));
         if kind == Kind::InsertFailed {
             let id = incidents.len() as u64 + 1;
             e.incident = Some(id);
