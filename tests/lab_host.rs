@@ -229,7 +229,8 @@ fn snat_run_with(tag: &str, v: Variant, rounds: u32, ipv6: bool) -> SnatRun {
     let (entries, _) = ct.table_fill().unwrap();
     let table = conntrack_table(&t.names.node);
     let (rec, inc) = rec.stop_all();
-    let own: CpuStats = after.delta(&before).total();
+    let own_per_cpu = after.delta(&before);
+    let own: CpuStats = own_per_cpu.total();
     let k = kernel(&rec);
     let node = t.node_inode;
     let pods = netns_inode(&t.names.pods);
@@ -252,6 +253,30 @@ fn snat_run_with(tag: &str, v: Variant, rounds: u32, ipv6: bool) -> SnatRun {
     );
     // every insert failure, one event each: the trailer's delta (ctrace's own
     // ctnetlink read over its run) and ours (around the traffic) agree
+    if inserted_failed.len() as u64 != k.insert_failed {
+        // what tells the causes of a shortfall apart: whether the drops were
+        // seen (nf_drop), and on which CPUs the kernel and ctrace counted
+        let per_cpu = |cpu: u32| inserted_failed.iter().filter(|e| e.cpu == cpu).count();
+        let cpus: Vec<String> = own_per_cpu
+            .per_cpu
+            .iter()
+            .map(|c| {
+                format!(
+                    "cpu{} kernel {} events {}",
+                    c.cpu,
+                    c.insert_failed,
+                    per_cpu(c.cpu)
+                )
+            })
+            .collect();
+        eprintln!(
+            "{tag}: SHORT: nf_drop events {} (kernel drop {}); {}; incidents {:?}",
+            count(&rec, Kind::NfDrop, node),
+            k.drop,
+            cpus.join(", "),
+            incidents_of(&inc, "snat_race", "recovered").len()
+        );
+    }
     assert_eq!(inserted_failed.len() as u64, k.insert_failed);
     assert_eq!(k.insert_failed, own.insert_failed);
     assert_eq!(k.drop, own.drop);
