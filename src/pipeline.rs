@@ -21,14 +21,21 @@ use crate::event::{self, EnumNames, Event};
 pub type Batch = Vec<Event>;
 
 /// Kernel enum names from the running kernel's BTF.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct BtfNames {
-    drop: HashMap<u32, String>,
-    rst: HashMap<u32, String>,
+    drop: HashMap<u32, &'static str>,
+    rst: HashMap<u32, &'static str>,
 }
 
 impl BtfNames {
+    /// Read once per process (the names are leaked, to be borrowed by
+    /// events), then copied.
     pub fn load() -> BtfNames {
+        static NAMES: std::sync::OnceLock<BtfNames> = std::sync::OnceLock::new();
+        NAMES.get_or_init(BtfNames::read).clone()
+    }
+
+    fn read() -> BtfNames {
         use libbpf_rs::btf::types::Enum;
         use libbpf_rs::btf::Btf;
         let mut n = BtfNames::default();
@@ -43,10 +50,15 @@ impl BtfNames {
                 for m in e.iter() {
                     if let Some(name) = m.name {
                         let name = name.to_string_lossy();
-                        map.insert(
-                            m.value as u32,
-                            name.strip_prefix(prefix).unwrap_or(&name).to_string(),
+                        // leaked: read once per process (a few hundred
+                        // names), then borrowed by every event
+                        let name: &'static str = Box::leak(
+                            name.strip_prefix(prefix)
+                                .unwrap_or(&name)
+                                .to_string()
+                                .into_boxed_str(),
                         );
+                        map.insert(m.value as u32, name);
                     }
                 }
             }
@@ -56,11 +68,11 @@ impl BtfNames {
 }
 
 impl EnumNames for BtfNames {
-    fn drop_reason(&self, v: u32) -> Option<String> {
-        self.drop.get(&v).cloned()
+    fn drop_reason(&self, v: u32) -> Option<&'static str> {
+        self.drop.get(&v).copied()
     }
-    fn rst_reason(&self, v: u32) -> Option<String> {
-        self.rst.get(&v).cloned()
+    fn rst_reason(&self, v: u32) -> Option<&'static str> {
+        self.rst.get(&v).copied()
     }
 }
 

@@ -362,7 +362,7 @@ impl incident::Table for CtTable {
                 self.netns
             ));
         }
-        let proto = match e.proto.as_str() {
+        let proto = match e.proto.as_ref() {
             "tcp" => libc::IPPROTO_TCP,
             "udp" => libc::IPPROTO_UDP,
             p => return Err(format!("no table lookup for protocol {p}")),

@@ -183,7 +183,7 @@ impl Stats {
             .entry(e.kind)
             .or_default() += 1;
         if !e.reason.is_empty() {
-            let key = (e.kind, e.reason.clone());
+            let key = (e.kind, e.reason.to_string());
             if self.reasons.len() < MAX_REASONS || self.reasons.contains_key(&key) {
                 *self.reasons.entry(key).or_default() += 1;
             } else {

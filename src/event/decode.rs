@@ -1,6 +1,7 @@
 //! From the record the kernel wrote (`abi::RawEvent`) to the typed [`Event`].
 //! Numbers are the ABI's (`crate::abi`), wording is the emitting probe's.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Result};
@@ -88,14 +89,14 @@ fn c_str(b: &[i8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-pub fn proto_name(p: u8) -> String {
+pub fn proto_name(p: u8) -> Cow<'static, str> {
     match p {
         1 => "icmp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         58 => "icmpv6".into(),
         132 => "sctp".into(),
-        other => other.to_string(),
+        other => other.to_string().into(),
     }
 }
 
@@ -126,7 +127,7 @@ fn verdict_name(v: u8) -> String {
 }
 
 /// The netfilter hook's name (`enum nf_inet_hooks`).
-pub fn hook_name(h: u8) -> Option<String> {
+pub fn hook_name(h: u8) -> Option<Cow<'static, str>> {
     Some(
         match h {
             0 => "prerouting",
@@ -151,14 +152,20 @@ fn source_name(s: u8) -> &'static str {
 }
 
 /// The wording of a record's reason: asked of the probe that owns the code.
-fn reason_text(raw: &RawEvent, kernel_text: &str, value: Option<String>) -> String {
+fn reason_text(
+    raw: &RawEvent,
+    kernel_text: &str,
+    value: Option<Cow<'static, str>>,
+) -> Cow<'static, str> {
     match raw.reason {
-        reason::NONE => String::new(),
+        reason::NONE => Cow::Borrowed(""),
         reason::DROP_REASON | reason::RST_REASON => value.unwrap_or_default(),
         code => confirm::reason::text(code)
-            .map(String::from)
-            .or_else(|| window::reason::text(code, kernel_text, raw.bound, raw.drop_reason))
-            .unwrap_or_else(|| format!("reason {code}")),
+            .map(Cow::Borrowed)
+            .or_else(|| {
+                window::reason::text(code, kernel_text, raw.bound, raw.drop_reason).map(Cow::Owned)
+            })
+            .unwrap_or_else(|| format!("reason {code}").into()),
     }
 }
 
@@ -174,9 +181,9 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
     let flags = raw.flags;
     let reply = (flags & flag::REPLY != 0).then(|| tuple(family, &raw.reply));
     let nat = match (flags & flag::SNAT != 0, flags & flag::DNAT != 0) {
-        (true, true) => Some("snat+dnat".to_string()),
-        (true, false) => Some("snat".to_string()),
-        (false, true) => Some("dnat".to_string()),
+        (true, true) => Some("snat+dnat".into()),
+        (true, false) => Some("snat".into()),
+        (false, true) => Some("dnat".into()),
         _ => None,
     };
     let is_window = matches!(kind, Kind::TcpInvalid | Kind::TcpIgnored | Kind::TcpLiberal);
@@ -200,17 +207,13 @@ pub fn from_raw(raw: &RawEvent, names: &dyn EnumNames) -> Result<Event> {
                 final_verdict: (is_window && logged).then(|| verdict_name(raw.final_verdict)),
             }
         });
+    let name = |n: Option<&'static str>| -> Cow<'static, str> {
+        n.map(Cow::Borrowed)
+            .unwrap_or_else(|| raw.drop_reason.to_string().into())
+    };
     let drop_reason = match raw.reason {
-        reason::DROP_REASON => Some(
-            names
-                .drop_reason(raw.drop_reason)
-                .unwrap_or_else(|| raw.drop_reason.to_string()),
-        ),
-        reason::RST_REASON => Some(
-            names
-                .rst_reason(raw.drop_reason)
-                .unwrap_or_else(|| raw.drop_reason.to_string()),
-        ),
+        reason::DROP_REASON => Some(name(names.drop_reason(raw.drop_reason))),
+        reason::RST_REASON => Some(name(names.rst_reason(raw.drop_reason))),
         _ => None,
     };
     let text = c_str(&raw.reason_text);

@@ -4,6 +4,7 @@
 
 mod decode;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -159,7 +160,7 @@ pub struct Event {
     pub cpu: u32,
     pub netns: u32,
     pub family: Family,
-    pub proto: String,
+    pub proto: Cow<'static, str>,
     pub orig: Tuple,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Tuple>,
@@ -168,7 +169,7 @@ pub struct Event {
     pub port: Option<u16>,
     /// The reason, in the kernel's wording where the kernel has one.
     #[serde(default)]
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     #[serde(default)]
     pub reason_code: u32,
     /// Window verdicts: which bound the segment crossed, from the reason's
@@ -178,7 +179,7 @@ pub struct Event {
     pub window_log: Option<WindowLog>,
     /// "snat", "dnat" or "snat+dnat" where NAT touched the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nat: Option<String>,
+    pub nat: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remapped: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -188,7 +189,7 @@ pub struct Event {
     /// "task" when pid/comm/cgroup_id describe the process that caused the event;
     /// "unattributed" when the hook may run in softirq, where the current task is
     /// whoever was interrupted: no pid is given rather than a wrong one.
-    pub context: String,
+    pub context: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,11 +202,11 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location_addr: Option<String>,
     /// Which hook flavour produced it: netfilter, kprobe, fentry, tracepoint.
-    pub source: String,
+    pub source: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hook: Option<String>,
+    pub hook: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drop_reason: Option<String>,
+    pub drop_reason: Option<Cow<'static, str>>,
     /// Who owns the original source address (a pod, a container, a netns,
     /// the host), filled by the consumer (`crate::workload`); absent where
     /// unknown or turned off.
@@ -317,7 +318,7 @@ impl Event {
             orig,
             reply: None,
             port: None,
-            reason: String::new(),
+            reason: Cow::Borrowed(""),
             reason_code: 0,
             window_log: None,
             nat: None,
@@ -355,19 +356,20 @@ impl Event {
 
 /// Names the kernel's own enums (drop reasons, RST reasons) by value. Built from
 /// the running kernel's BTF by the pipeline; empty in tests and offline.
+/// Names are `'static`: an event borrows them instead of copying a string.
 pub trait EnumNames {
-    fn drop_reason(&self, value: u32) -> Option<String>;
-    fn rst_reason(&self, value: u32) -> Option<String>;
+    fn drop_reason(&self, value: u32) -> Option<&'static str>;
+    fn rst_reason(&self, value: u32) -> Option<&'static str>;
 }
 
 /// No names known: values are printed as numbers.
 pub struct NoNames;
 
 impl EnumNames for NoNames {
-    fn drop_reason(&self, _: u32) -> Option<String> {
+    fn drop_reason(&self, _: u32) -> Option<&'static str> {
         None
     }
-    fn rst_reason(&self, _: u32) -> Option<String> {
+    fn rst_reason(&self, _: u32) -> Option<&'static str> {
         None
     }
 }

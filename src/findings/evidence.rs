@@ -182,9 +182,9 @@ impl Collector {
             .or_insert_with(|| TopK::new(256))
             .add(tuple_key(&e.orig), 1);
         // free-form strings in a file: a bounded number of distinct ones
-        count_label(&mut self.by_proto, (e.kind, e.proto.clone()));
+        count_label(&mut self.by_proto, (e.kind, e.proto.to_string()));
         let nat = e.nat.clone().unwrap_or_else(|| "none".into());
-        count_label(&mut self.by_nat, (e.kind, nat));
+        count_label(&mut self.by_nat, (e.kind, nat.to_string()));
         if e.kind == Kind::InsertFailed {
             if let Some(p) = e.port {
                 self.ports.add(p, 1);

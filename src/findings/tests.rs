@@ -15,7 +15,7 @@ fn ev(kind: Kind, proto: &str, src: &str, sport: u16, dst: &str, dport: u16) -> 
     e.ts_ns = 1;
     e.cpu = 1;
     e.netns = 7;
-    e.proto = proto.into();
+    e.proto = proto.to_string().into();
     e
 }
 
@@ -36,8 +36,8 @@ fn insert_failed(sport: u16, port: u16) -> Event {
 
 fn invalid(reason: &str, nat: &str) -> Event {
     let mut e = ev(Kind::TcpInvalid, "tcp", "192.0.2.1", 80, "10.0.0.2", 40000);
-    e.reason = reason.into();
-    e.nat = Some(nat.into());
+    e.reason = reason.to_string().into();
+    e.nat = Some(nat.to_string().into());
     e
 }
 

@@ -768,7 +768,8 @@ impl Correlator {
         c.reason = format!(
             "clash resolved: a second entry of this tuple was NATed {} after the first, and neither was lost (clash_resolve; seen by correlation: stable mode has no hook on the clash itself)",
             fmt_ms(e.ts_ns - earlier.ts_ns)
-        );
+        )
+        .into();
         c.source = "correlation".into();
         c.incident = None;
         Some(c)
@@ -868,7 +869,7 @@ fn join(open: &mut BTreeMap<u64, Open>, id: u64, e: &mut Event) {
         o.inc.timeline.push(Step {
             ts_ns: e.ts_ns,
             kind: e.kind.name().into(),
-            reason: e.reason.clone(),
+            reason: e.reason.to_string(),
         });
     }
 }

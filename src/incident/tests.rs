@@ -338,7 +338,7 @@ fn seg(kind: Kind, orig: Tuple, ts: u64, flags: &str, hook: Option<&str>) -> Eve
         flags: flags.into(),
         ..Default::default()
     }));
-    e.hook = hook.map(String::from);
+    e.hook = hook.map(|h| h.to_string().into());
     e
 }
 

@@ -212,12 +212,12 @@ impl Metrics {
         };
         match e.kind {
             Kind::InsertFailed => {
-                let l = vec![fam(), self.protos.bound(e.proto.clone())];
+                let l = vec![fam(), self.protos.bound(e.proto.to_string())];
                 let l = self.with_workload(l, e);
                 self.insert_failures.inc(l);
             }
             Kind::ClashResolved => {
-                let l = vec![fam(), self.protos.bound(e.proto.clone())];
+                let l = vec![fam(), self.protos.bound(e.proto.to_string())];
                 let l = self.with_workload(l, e);
                 self.clashes_resolved.inc(l);
             }
@@ -228,10 +228,7 @@ impl Metrics {
             }
             Kind::TcpIgnored => self.tcp_ignored.inc(vec![window_reason(e).into()]),
             Kind::HostRst => {
-                let cause = e
-                    .drop_reason
-                    .clone()
-                    .unwrap_or_else(|| "unknown".to_string());
+                let cause = e.drop_reason.as_deref().unwrap_or("unknown").to_string();
                 let l = vec![self.causes.bound(cause)];
                 let l = self.with_workload(l, e);
                 self.host_resets.inc(l);
@@ -598,7 +595,7 @@ mod tests {
         let mut m = Metrics::new(Config::default(), "6.18.0");
         for i in 0..1000u32 {
             let mut e = ev(Kind::HostRst, i);
-            e.drop_reason = Some(format!("REASON_{i}"));
+            e.drop_reason = Some(format!("REASON_{i}").into());
             m.observe(&e);
             m.observe(&ev(Kind::InsertFailed, i));
         }

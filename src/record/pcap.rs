@@ -195,7 +195,7 @@ fn hook_of(e: &Event) -> &str {
     if let Some(h) = e.hook.as_deref() {
         return h;
     }
-    match (e.kind, e.source.as_str()) {
+    match (e.kind, e.source.as_ref()) {
         (Kind::HostRst, "tracepoint") => "tcp_send_reset",
         (Kind::HostRst, _) if e.family == crate::event::Family::Ipv6 => "tcp_v6_send_reset",
         (Kind::HostRst, _) => "tcp_v4_send_reset",
@@ -290,7 +290,7 @@ mod tests {
         };
         let mut e = Event::new(kind, t);
         e.netns = netns;
-        e.hook = hook.map(String::from);
+        e.hook = hook.map(|h| h.to_string().into());
         e.ts_ns = ts_ns;
         e.reason = "packet without a conntrack entry".into();
         e.packet = Some(Packet {

@@ -452,7 +452,7 @@ fn detail_lines(app: &App, e: &Event, w: usize, max: usize) -> Vec<Line<'static>
         parts.push(format!("incident #{i}"));
     }
     if !e.reason.is_empty() {
-        parts.push(e.reason.clone());
+        parts.push(e.reason.to_string());
     }
     wrap_parts(&parts, w.saturating_sub(4))
         .into_iter()

@@ -74,7 +74,7 @@ fn lab_app() -> (App, Vec<Event>, Vec<Incident>) {
                     Step {
                         ts_ns: e.ts_ns,
                         kind: "insert_failed".into(),
-                        reason: e.reason.clone(),
+                        reason: e.reason.to_string(),
                     },
                     Step {
                         ts_ns: e.ts_ns + 1_020_000_000,
@@ -266,7 +266,7 @@ fn the_log_scrolls_sideways() {
     let reason = &newest.reason;
     let s = screen(&a, 80, 24);
     let first = line_with(&s, "insert_failed  shop/web-1");
-    assert!(!first.contains(reason.as_str()), "{first}");
+    assert!(!first.contains(reason.as_ref() as &str), "{first}");
     for _ in 0..8 {
         key(&mut a, KeyCode::Right);
     }
