@@ -14,11 +14,11 @@ use crate::pipeline::{Batch, BtfNames, Pipeline};
 use crate::probe::load::{self, Config, Loaded, Shared};
 use crate::probe::plan::Plan;
 use crate::probe::{features::Features, Mode, Probe};
+use crate::record::Header;
 
 /// The most events [`Session::next_output`] takes in one call (about: whole
 /// batches).
 pub const MAX_OUTPUT_EVENTS: usize = 4096;
-use crate::record::Header;
 
 #[derive(Clone, Debug)]
 pub struct SessionConfig {

@@ -32,11 +32,12 @@ pub fn decode(data: &[u8], names: &dyn EnumNames) -> Result<Event> {
             abi::LEN_CONN,
         );
     }
-    let mut whole = [0u8; RAW_EVENT_SIZE];
-    whole[..head].copy_from_slice(&data[..head]);
+    // one copy into a zeroed record: a short record's tail stays zero
     let mut raw = RawEvent::default();
-    plain::copy_from_bytes(&mut raw, &whole)
-        .map_err(|e| anyhow::anyhow!("record does not fit the event layout: {e:?}"))?;
+    // SAFETY: RawEvent is Plain (src/abi.rs): every bit pattern is a valid
+    // value, so writing bytes into it is sound; head <= RAW_EVENT_SIZE.
+    let bytes = unsafe { plain::as_mut_bytes(&mut raw) };
+    bytes[..head].copy_from_slice(&data[..head]);
     let cap = raw.cap_len as usize;
     if cap > room {
         bail!("record carries {cap} packet bytes in a room of {room}");
