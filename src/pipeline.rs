@@ -1,8 +1,10 @@
-//! The ring buffer -> decoded events -> a bounded channel, on one thin thread.
-//! Decoding happens here (it is cheap and checks the record's size); anything
-//! heavier (symbolizing, aggregation, output) happens on the consumer's side.
-//! When the consumer falls behind, the channel fills, the ring buffers fill and
-//! the kernel counts what it could not write: lost events are never silent.
+//! The ring buffer -> its records, copied -> a bounded channel, on one thin
+//! thread. The consumer decodes what it receives (which checks each record's
+//! size), then symbolizes, aggregates and writes.
+//! When the consumer falls behind, the queue fills to its bound and what is
+//! past it is dropped here and counted (`lost_user`), the failures last; a
+//! ring the reader does not drain fills and the kernel counts what it could
+//! not write (`lost`). Lost events are never silent.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
+use crate::abi;
 use crate::event::{self, EnumNames, Event};
 
 pub type Batch = Vec<Event>;
@@ -76,13 +79,35 @@ impl EnumNames for BtfNames {
     }
 }
 
-/// The most decoded events waiting for the consumer. A consumer that stalls
-/// (a blocked output: `record | slow-reader`) must not cost unbounded memory:
+/// The most events waiting for the consumer. A consumer that stalls (a
+/// blocked output: `record | slow-reader`) must not cost unbounded memory:
 /// past this, events are dropped here and counted (`lost_user`), never
-/// silently. An event is 496 bytes and its strings ~250 more: about 95 MiB
-/// when full, the peak of `bench/run mem` (issue 13's 64 MiB target is not
-/// met while this bound holds events that big).
+/// silently. They wait as the ring's records (108-224 bytes, enum ct_len in
+/// bpf/ctrace.h, plus a `--pcap` packet), not decoded: a full queue of
+/// nf_drop records is ~15 MiB, where decoded events with their strings (~750
+/// bytes each) made ~95 MiB, the peak of `bench/run mem`.
 pub const MAX_QUEUED_EVENTS: u64 = 131_072;
+
+/// Past [`MAX_QUEUED_EVENTS`], the failures themselves (insert_failed,
+/// clash_resolved, tcp_invalid: [`is_failure`]) are still queued, up to this
+/// many events in all; only the rest is dropped. A flood of another netns's
+/// nf_drop (symptoms see every netns) must not cost the traced netns its
+/// insert failures: a lagging reader under such a flood lost a whole wave of
+/// them, 7 of 21, all counted in `lost_user`, none of them nf_drop's.
+pub const MAX_QUEUED_FAILURES: u64 = 2 * MAX_QUEUED_EVENTS;
+
+/// A record of one of the failures ctrace exists to show, by its kind (the
+/// record's head; anything short of one is not).
+fn is_failure(rec: &[u8]) -> bool {
+    let at = std::mem::offset_of!(abi::RawEvent, kind);
+    let Some(k) = rec.get(at..at + 4) else {
+        return false;
+    };
+    matches!(
+        u32::from_ne_bytes(k.try_into().unwrap_or_default()),
+        abi::kind::INSERT_FAILED | abi::kind::CLASH_RESOLVED | abi::kind::TCP_INVALID
+    )
+}
 
 /// How long the reader sleeps when nothing woke it. The BPF side submits
 /// without a wake-up (`ct_submit` in bpf/common.bpf.h: a wake-up is a
@@ -90,18 +115,74 @@ pub const MAX_QUEUED_EVENTS: u64 = 131_072;
 /// has queued a sixteenth of the ring, at most once a millisecond per object.
 /// So a lone record reaches user space at most this long after it was
 /// written, plus one drain of the ring (a full 4 MiB ring, 16k records, is
-/// decoded in ~5 ms): worst case under 35 ms on a machine that runs the
-/// reader when it wakes. `tests/latency_host.rs` checks < 100 ms.
+/// copied in well under 5 ms): worst case under 35 ms on a machine that runs
+/// the reader when it wakes. `tests/latency_host.rs` checks < 100 ms.
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(25);
 
-/// Events per batch sent from the reader thread to the consumer.
+/// Records per batch sent from the reader thread to the consumer.
 const BATCH: usize = 256;
+
+/// Records as the ring held them, each a native-endian u32 length and its
+/// bytes padded to 8: one allocation per batch, whatever the records hold.
+/// Decoding happens on the consumer's side ([`Pipeline::recv_timeout`]): the
+/// reader thread only copies, and no event is allocated on one thread and
+/// freed on another.
+struct Raw {
+    bytes: Vec<u8>,
+    n: usize,
+}
+
+impl Raw {
+    fn new() -> Raw {
+        Raw {
+            bytes: Vec::with_capacity(BATCH * (abi::LEN_CONN + 8)),
+            n: 0,
+        }
+    }
+
+    fn new_empty() -> Raw {
+        Raw {
+            bytes: Vec::new(),
+            n: 0,
+        }
+    }
+
+    fn push(&mut self, rec: &[u8]) {
+        self.bytes
+            .extend_from_slice(&(rec.len() as u32).to_ne_bytes());
+        self.bytes.extend_from_slice(rec);
+        let pad = (8 - (rec.len() + 4) % 8) % 8;
+        self.bytes.extend_from_slice(&[0u8; 8][..pad]);
+        self.n += 1;
+    }
+
+    /// Only the records `keep` wants, in their order.
+    fn retain(&self, keep: impl Fn(&[u8]) -> bool) -> Raw {
+        let mut r = Raw::new_empty();
+        for rec in self.records().filter(|rec| keep(rec)) {
+            r.push(rec);
+        }
+        r
+    }
+
+    /// The records, in the order they were pushed.
+    fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let mut b = &self.bytes[..];
+        std::iter::from_fn(move || {
+            let len = u32::from_ne_bytes(b.get(..4)?.try_into().ok()?) as usize;
+            let rec = b.get(4..4 + len)?;
+            let step = (4 + len).div_ceil(8) * 8;
+            b = b.get(step.min(b.len())..).unwrap_or(&[]);
+            Some(rec)
+        })
+    }
+}
 
 /// The reader thread's side of the channel.
 struct Out {
-    batch: Batch,
-    tx: std::sync::mpsc::SyncSender<Batch>,
-    decoded: Arc<AtomicU64>,
+    batch: Raw,
+    tx: std::sync::mpsc::SyncSender<Raw>,
+    read: Arc<AtomicU64>,
     lost_user: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
     /// The consumer hung up.
@@ -109,24 +190,40 @@ struct Out {
 }
 
 impl Out {
-    fn push(&mut self, e: Event) {
-        self.batch.push(e);
-        if self.batch.len() >= BATCH {
+    fn push(&mut self, rec: &[u8]) {
+        self.batch.push(rec);
+        if self.batch.n >= BATCH {
             self.flush();
         }
     }
 
     fn flush(&mut self) {
-        if self.batch.is_empty() {
+        if self.batch.n == 0 {
             return;
         }
-        let v = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        let n = v.len() as u64;
-        self.decoded.fetch_add(n, Ordering::Relaxed);
-        if self.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_EVENTS {
-            self.lost_user.fetch_add(n, Ordering::Relaxed);
-            return;
+        let mut v = std::mem::replace(&mut self.batch, Raw::new());
+        // a drain that ends early sends a short batch: it waits in the
+        // queue at its own size, not at a full batch's capacity (4,096
+        // short batches would hold 160 MiB of room for nothing)
+        if v.n < BATCH {
+            v.bytes.shrink_to_fit();
         }
+        self.read.fetch_add(v.n as u64, Ordering::Relaxed);
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued + v.n as u64 > MAX_QUEUED_EVENTS {
+            // over the bound: the failures stay, up to their own
+            let mut kept = v.retain(is_failure);
+            if queued + kept.n as u64 > MAX_QUEUED_FAILURES {
+                kept = Raw::new_empty();
+            }
+            self.lost_user
+                .fetch_add((v.n - kept.n) as u64, Ordering::Relaxed);
+            v = kept;
+            if v.n == 0 {
+                return;
+            }
+        }
+        let n = v.n as u64;
         self.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.send(v).is_err() {
             self.gone = true;
@@ -137,13 +234,15 @@ impl Out {
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
-    rx: Receiver<Batch>,
+    rx: Receiver<Raw>,
+    names: BtfNames,
     /// Records that did not decode (wrong size, unknown kind): counted as lost.
     pub bad_records: Arc<AtomicU64>,
-    pub decoded: Arc<AtomicU64>,
-    /// Events decoded but dropped because the consumer was MAX_QUEUED_EVENTS behind.
+    /// Records read from the ring.
+    pub read: Arc<AtomicU64>,
+    /// Events read but dropped because the consumer was MAX_QUEUED_EVENTS behind.
     pub lost_user: Arc<AtomicU64>,
-    /// Events sent and not yet received.
+    /// Records sent and not yet received.
     queued: Arc<AtomicU64>,
     /// Every record committed before this time (CLOCK_MONOTONIC ns, the
     /// events' clock) has been read and sent: the clock a consumer may close
@@ -157,27 +256,27 @@ impl Pipeline {
     pub fn start(ring: MapHandle, names: BtfNames) -> Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
         let bad = Arc::new(AtomicU64::new(0));
-        let decoded = Arc::new(AtomicU64::new(0));
+        let read = Arc::new(AtomicU64::new(0));
         let lost_user = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
         let caught_up_ns = Arc::new(AtomicU64::new(0));
         let caught2 = caught_up_ns.clone();
-        let (tx, rx) = sync_channel::<Batch>(4096);
-        let (stop2, bad2, dec2) = (stop.clone(), bad.clone(), decoded.clone());
+        let (tx, rx) = sync_channel::<Raw>(4096);
+        let (stop2, read2) = (stop.clone(), read.clone());
         let (lost2, queued2) = (lost_user.clone(), queued.clone());
         let thread = std::thread::Builder::new()
             .name("ctrace-ringbuf".into())
             .spawn(move || -> Result<()> {
-                // Batches of at most BATCH events, sent as soon as they are
+                // Batches of at most BATCH records, sent as soon as they are
                 // full: a drain of a full ring is sent in pieces of one size
-                // (the allocator reuses them), never grown into one vector
-                // of tens of thousands of events (a fresh mapping, faulted
+                // (the allocator reuses them), never grown into one buffer
+                // of tens of thousands of records (a fresh mapping, faulted
                 // in page by page and copied on every growth: a third of
                 // the consumer's CPU at 190k events/s).
                 let out = Rc::new(RefCell::new(Out {
-                    batch: Vec::with_capacity(BATCH),
+                    batch: Raw::new(),
                     tx,
-                    decoded: dec2,
+                    read: read2,
                     lost_user: lost2,
                     queued: queued2,
                     gone: false,
@@ -185,15 +284,8 @@ impl Pipeline {
                 let mut b = RingBufferBuilder::new();
                 {
                     let out = out.clone();
-                    let bad = bad2.clone();
-                    let names = &names;
                     b.add(&ring, move |data: &[u8]| {
-                        match event::decode(data, names) {
-                            Ok(e) => out.borrow_mut().push(e),
-                            Err(_) => {
-                                bad.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        out.borrow_mut().push(data);
                         0
                     })?;
                 }
@@ -241,8 +333,9 @@ impl Pipeline {
             stop,
             thread: Some(thread),
             rx,
+            names,
             bad_records: bad,
-            decoded,
+            read,
             lost_user,
             queued,
             caught_up_ns,
@@ -255,18 +348,32 @@ impl Pipeline {
         self.caught_up_ns.load(Ordering::Acquire)
     }
 
+    /// The events of a received batch, decoded here, on the consumer's
+    /// thread; a record that does not decode is counted as lost.
+    fn decode(&self, raw: Raw) -> Batch {
+        self.queued.fetch_sub(raw.n as u64, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(raw.n);
+        for rec in raw.records() {
+            match event::decode(rec, &self.names) {
+                Ok(e) => out.push(e),
+                Err(_) => {
+                    self.bad_records.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        out
+    }
+
     /// The next batch if one is queued, without waiting.
     pub fn try_recv(&self) -> Option<Batch> {
-        let b = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
-        Some(b)
+        let raw = self.rx.try_recv().ok()?;
+        Some(self.decode(raw))
     }
 
     /// The next batch, waiting at most `d`.
     pub fn recv_timeout(&self, d: Duration) -> Option<Batch> {
-        let b = self.rx.recv_timeout(d).ok()?;
-        self.queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
-        Some(b)
+        let raw = self.rx.recv_timeout(d).ok()?;
+        Some(self.decode(raw))
     }
 
     /// Stops polling after one last drain; returns what is still queued.
@@ -283,7 +390,9 @@ impl Pipeline {
             t.join()
                 .map_err(|_| anyhow!("the ring buffer thread panicked"))??;
         }
-        rest.extend(self.rx.try_iter().flatten());
+        while let Some(b) = self.try_recv() {
+            rest.extend(b);
+        }
         Ok(rest)
     }
 }
@@ -291,5 +400,112 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_batches_give_back_each_record_whole_and_in_order() {
+        let mut r = Raw::new();
+        let lens = [
+            abi::LEN_PACKET,
+            abi::LEN_CONN,
+            abi::LEN_FULL,
+            abi::LEN_FULL + 64,
+            1,
+            0,
+        ];
+        let recs: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b + i) as u8).collect())
+            .collect();
+        for rec in &recs {
+            r.push(rec);
+        }
+        assert_eq!(r.n, recs.len());
+        let back: Vec<&[u8]> = r.records().collect();
+        assert_eq!(back.len(), recs.len());
+        for (a, b) in back.iter().zip(&recs) {
+            assert_eq!(*a, &b[..]);
+        }
+        assert_eq!(r.bytes.len() % 8, 0);
+    }
+
+    fn record(kind: u32) -> Vec<u8> {
+        let raw = abi::RawEvent {
+            kind,
+            ..Default::default()
+        };
+        // SAFETY: RawEvent is Plain (src/abi.rs)
+        let b = unsafe { plain::as_bytes(&raw) };
+        b[..abi::LEN_PACKET].to_vec()
+    }
+
+    /// An Out whose queue already holds `queued` events, and its receiver.
+    fn out_with(queued: u64) -> (Out, Receiver<Raw>) {
+        let (tx, rx) = sync_channel(16);
+        let out = Out {
+            batch: Raw::new(),
+            tx,
+            read: Arc::default(),
+            lost_user: Arc::default(),
+            queued: Arc::new(AtomicU64::new(queued)),
+            gone: false,
+        };
+        (out, rx)
+    }
+
+    #[test]
+    fn over_the_bound_only_failures_are_queued_and_the_rest_is_counted() {
+        let kinds = [
+            abi::kind::NF_DROP,
+            abi::kind::INSERT_FAILED,
+            abi::kind::NAT_ALLOC,
+            abi::kind::SYN_RETRANS,
+            abi::kind::CLASH_RESOLVED,
+            abi::kind::TCP_INVALID,
+        ];
+        // under the bound: everything
+        let (mut out, rx) = out_with(0);
+        for k in kinds {
+            out.push(&record(k));
+        }
+        out.flush();
+        assert_eq!(rx.try_recv().unwrap().n, kinds.len());
+        assert_eq!(out.lost_user.load(Ordering::Relaxed), 0);
+        // at the bound: the three failures, and three counted as lost
+        let (mut out, rx) = out_with(MAX_QUEUED_EVENTS);
+        for k in kinds {
+            out.push(&record(k));
+        }
+        out.flush();
+        let got = rx.try_recv().unwrap();
+        let at = std::mem::offset_of!(abi::RawEvent, kind);
+        let got: Vec<u32> = got
+            .records()
+            .map(|r| u32::from_ne_bytes(r[at..at + 4].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                abi::kind::INSERT_FAILED,
+                abi::kind::CLASH_RESOLVED,
+                abi::kind::TCP_INVALID
+            ]
+        );
+        assert_eq!(out.lost_user.load(Ordering::Relaxed), 3);
+        assert_eq!(out.queued.load(Ordering::Relaxed), MAX_QUEUED_EVENTS + 3);
+        // at the failures' own bound: nothing, all counted
+        let (mut out, rx) = out_with(MAX_QUEUED_FAILURES);
+        for k in kinds {
+            out.push(&record(k));
+        }
+        out.flush();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(out.lost_user.load(Ordering::Relaxed), kinds.len() as u64);
     }
 }
