@@ -270,7 +270,7 @@ fn snat_run_with(tag: &str, v: Variant, rounds: u32, ipv6: bool) -> SnatRun {
             })
             .collect();
         eprintln!(
-            "{tag}: SHORT: nf_drop events {} (kernel drop {}); {}; incidents {:?}",
+            "{tag}: SHORT in netns {node}: nf_drop events {} (kernel drop {}); {}; incidents {:?}",
             count(&rec, Kind::NfDrop, node),
             k.drop,
             cpus.join(", "),
