@@ -90,11 +90,11 @@ pub const MAX_QUEUED_EVENTS: u64 = 131_072;
 
 /// Past [`MAX_QUEUED_EVENTS`], the failures themselves (insert_failed,
 /// clash_resolved, tcp_invalid: [`is_failure`]) are still queued, up to this
-/// many events in all; only the rest is dropped. A flood of another netns's
-/// nf_drop (symptoms see every netns) must not cost the traced netns its
-/// insert failures: a lagging reader under such a flood lost a whole wave of
-/// them, 7 of 21, all counted in `lost_user`, none of them nf_drop's.
-pub const MAX_QUEUED_FAILURES: u64 = 2 * MAX_QUEUED_EVENTS;
+/// many times the bound in all; only the rest is dropped. A flood of another
+/// netns's nf_drop (symptoms see every netns) must not cost the traced netns
+/// its insert failures: a lagging reader under such a flood lost a whole
+/// wave of them, 7 of 21, all counted in `lost_user`.
+pub const FAILURE_ROOM: u64 = 2;
 
 /// A record of one of the failures ctrace exists to show, by its kind (the
 /// record's head; anything short of one is not).
@@ -185,6 +185,8 @@ struct Out {
     read: Arc<AtomicU64>,
     lost_user: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
+    /// [`MAX_QUEUED_EVENTS`], or a test's smaller bound.
+    bound: u64,
     /// The consumer hung up.
     gone: bool,
 }
@@ -210,10 +212,10 @@ impl Out {
         }
         self.read.fetch_add(v.n as u64, Ordering::Relaxed);
         let queued = self.queued.load(Ordering::Relaxed);
-        if queued + v.n as u64 > MAX_QUEUED_EVENTS {
+        if queued + v.n as u64 > self.bound {
             // over the bound: the failures stay, up to their own
             let mut kept = v.retain(is_failure);
-            if queued + kept.n as u64 > MAX_QUEUED_FAILURES {
+            if queued + kept.n as u64 > self.bound * FAILURE_ROOM {
                 kept = Raw::new_empty();
             }
             self.lost_user
@@ -273,12 +275,18 @@ impl Pipeline {
                 // of tens of thousands of records (a fresh mapping, faulted
                 // in page by page and copied on every growth: a third of
                 // the consumer's CPU at 190k events/s).
+                // tests only: a smaller queue, that a flood overflows at once
+                let bound = std::env::var("CTRACE_TEST_QUEUE_EVENTS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(MAX_QUEUED_EVENTS);
                 let out = Rc::new(RefCell::new(Out {
                     batch: Raw::new(),
                     tx,
                     read: read2,
                     lost_user: lost2,
                     queued: queued2,
+                    bound,
                     gone: false,
                 }));
                 let mut b = RingBufferBuilder::new();
@@ -454,6 +462,7 @@ mod tests {
             read: Arc::default(),
             lost_user: Arc::default(),
             queued: Arc::new(AtomicU64::new(queued)),
+            bound: MAX_QUEUED_EVENTS,
             gone: false,
         };
         (out, rx)
@@ -500,7 +509,7 @@ mod tests {
         assert_eq!(out.lost_user.load(Ordering::Relaxed), 3);
         assert_eq!(out.queued.load(Ordering::Relaxed), MAX_QUEUED_EVENTS + 3);
         // at the failures' own bound: nothing, all counted
-        let (mut out, rx) = out_with(MAX_QUEUED_FAILURES);
+        let (mut out, rx) = out_with(MAX_QUEUED_EVENTS * FAILURE_ROOM);
         for k in kinds {
             out.push(&record(k));
         }

@@ -1446,3 +1446,66 @@ fn a_lagging_reader_keeps_each_losers_story_whole() {
     );
     assert_eq!(sum, k.insert_failed);
 }
+
+/// A flood of another netns's drops behind a reader that lags: symptoms see
+/// every netns, so the flood's nf_drop events fill the queue to the
+/// consumer and past its bound are dropped (and counted in `lost_user`);
+/// the traced netns's insert failures are not among them. Before the queue
+/// kept failures past its bound, a whole wave of them (7 of 21) went with
+/// the flood's drops. The queue is made small (a test knob) so that the
+/// flood overflows it at whatever rate this machine lets it reach; the
+/// reader sleeps 2 s per drain, so that the SYN waves (1 s, then 2 s apart)
+/// do not all fall at the head of a drain, where the bound keeps them
+/// anyway (at 1 s, a wave's forced wake-up set the drains' phase: 21 of 21
+/// kept without the fix; at 2 s it kept 9, 7 and 14).
+#[test]
+fn insert_failures_outlast_a_flood_of_other_drops_behind_a_lagging_reader() {
+    require_host!();
+    let _g = common::serial();
+    let a = Topology::create("lt-fl-a", snat::CLIENTS).unwrap();
+    let f = Topology::create("lt-fl-f", 1).unwrap();
+    let _sa = Server::start(&a.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&a).unwrap();
+    ctrace::lab::topology::cmd_in(
+        &f.names.pods,
+        "iptables",
+        &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
+    )
+    .unwrap();
+    let flood = Flood::start(&f.names.pods, 1, "127.0.0.1:0", 256, 5, 60, |i, sent| {
+        std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::new(127, 0, (i % 200) as u8, 2 + (sent % 200) as u8),
+            9,
+        )
+    });
+    let rec = Rec::start_env(
+        &a.names.node,
+        "lt-fl",
+        &[],
+        &[
+            ("CTRACE_TEST_READER_LAG_MS", "2000"),
+            ("CTRACE_TEST_QUEUE_EVENTS", "2048"),
+        ],
+    );
+    snat::run_round(&a, Variant::Deterministic, 0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rec, _) = rec.stop_all();
+    let sent = flood.stop();
+    let t = rec.trailer.as_ref().unwrap();
+    let k = kernel(&rec);
+    let failed = of_kind(&rec, Kind::InsertFailed, a.node_inode).len() as u64;
+    eprintln!(
+        "lt-fl: insert_failed events {failed}, kernel {}; the flood sent {sent}, nf_drop events {}, lost {} lost_user {}",
+        k.insert_failed,
+        rec.events.iter().filter(|e| e.kind == Kind::NfDrop).count(),
+        t.lost,
+        t.lost_user
+    );
+    assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
+    assert!(
+        t.lost_user > 0,
+        "the flood did not overflow the queue: the test shows nothing"
+    );
+    assert_eq!(t.lost, 0, "the ring itself overflowed");
+    assert_eq!(failed, k.insert_failed);
+}
