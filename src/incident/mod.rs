@@ -28,6 +28,11 @@
 //! - Still open at the end of a recording: `unknown`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// The stage's tables, keyed by tuples (and sequence numbers), looked up
+/// several times per event: hashed with foldhash, seeded per process (keys
+/// come from the network), instead of SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -207,27 +212,27 @@ pub struct Correlator {
     held: VecDeque<Held>,
     next_seq: u64,
     watermark: u64,
-    allocs: HashMap<Tuple, VecDeque<Alloc>>,
+    allocs: Map<Tuple, VecDeque<Alloc>>,
     alloc_order: VecDeque<Tuple>,
     /// Recent allocations of each original tuple: (ts, reply), at most
     /// PER_KEY each (clash synthesis, merged clashes' winners).
-    by_orig: HashMap<Tuple, VecDeque<(u64, Tuple)>>,
+    by_orig: Map<Tuple, VecDeque<(u64, Tuple)>>,
     /// by_orig's keys, oldest first (each once: pushed when its entry is made).
     orig_order: VecDeque<Tuple>,
     /// The latest failure on each wire tuple and CPU (its drop's match).
-    fail_by_wire: HashMap<(Tuple, u32), (u64, u64)>,
+    fail_by_wire: Map<(Tuple, u32), (u64, u64)>,
     /// invalid_reset incidents by connection.
-    invalid_by_conn: HashMap<ConnKey, u64>,
+    invalid_by_conn: Map<ConnKey, u64>,
     /// Incidents that close when the event of this sequence number leaves.
-    close_on_release: HashMap<u64, u64>,
+    close_on_release: Map<u64, u64>,
     /// When each open incident is due to close, by time (lazy: an entry is
     /// checked against the incident's current deadline when it comes up).
     deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
     open: BTreeMap<u64, Open>,
     /// snat_race incidents by the loser's original tuple.
-    races: HashMap<Tuple, u64>,
+    races: Map<Tuple, u64>,
     /// Recent drops not yet claimed: (translated tuple, cpu) -> (seq, ts).
-    drops: HashMap<(Tuple, u32), (u64, u64)>,
+    drops: Map<(Tuple, u32), (u64, u64)>,
     next_id: u64,
     closed: Vec<Incident>,
     table: Option<Box<dyn Table + Send>>,
@@ -244,17 +249,17 @@ impl Correlator {
             held: VecDeque::with_capacity(MAX_HELD + 1),
             next_seq: 0,
             watermark: 0,
-            allocs: HashMap::new(),
+            allocs: Map::default(),
             alloc_order: VecDeque::new(),
-            by_orig: HashMap::new(),
+            by_orig: Map::default(),
             orig_order: VecDeque::new(),
-            fail_by_wire: HashMap::new(),
-            invalid_by_conn: HashMap::new(),
-            close_on_release: HashMap::new(),
+            fail_by_wire: Map::default(),
+            invalid_by_conn: Map::default(),
+            close_on_release: Map::default(),
             deadlines: std::collections::BinaryHeap::new(),
             open: BTreeMap::new(),
-            races: HashMap::new(),
-            drops: HashMap::new(),
+            races: Map::default(),
+            drops: Map::default(),
             next_id: 1,
             closed: Vec::new(),
             table: None,
