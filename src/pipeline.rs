@@ -182,7 +182,6 @@ impl Raw {
 struct Out {
     batch: Raw,
     tx: std::sync::mpsc::SyncSender<Raw>,
-    read: Arc<AtomicU64>,
     lost_user: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
     /// [`MAX_QUEUED_EVENTS`], or a test's smaller bound.
@@ -210,7 +209,6 @@ impl Out {
         if v.n < BATCH {
             v.bytes.shrink_to_fit();
         }
-        self.read.fetch_add(v.n as u64, Ordering::Relaxed);
         let queued = self.queued.load(Ordering::Relaxed);
         if queued + v.n as u64 > self.bound {
             // over the bound: the failures stay, up to their own
@@ -240,8 +238,6 @@ pub struct Pipeline {
     names: BtfNames,
     /// Records that did not decode (wrong size, unknown kind): counted as lost.
     pub bad_records: Arc<AtomicU64>,
-    /// Records read from the ring.
-    pub read: Arc<AtomicU64>,
     /// Events read but dropped because the consumer was MAX_QUEUED_EVENTS behind.
     pub lost_user: Arc<AtomicU64>,
     /// Records sent and not yet received.
@@ -258,13 +254,12 @@ impl Pipeline {
     pub fn start(ring: MapHandle, names: BtfNames) -> Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
         let bad = Arc::new(AtomicU64::new(0));
-        let read = Arc::new(AtomicU64::new(0));
         let lost_user = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
         let caught_up_ns = Arc::new(AtomicU64::new(0));
         let caught2 = caught_up_ns.clone();
         let (tx, rx) = sync_channel::<Raw>(4096);
-        let (stop2, read2) = (stop.clone(), read.clone());
+        let stop2 = stop.clone();
         let (lost2, queued2) = (lost_user.clone(), queued.clone());
         let thread = std::thread::Builder::new()
             .name("ctrace-ringbuf".into())
@@ -283,7 +278,6 @@ impl Pipeline {
                 let out = Rc::new(RefCell::new(Out {
                     batch: Raw::new(),
                     tx,
-                    read: read2,
                     lost_user: lost2,
                     queued: queued2,
                     bound,
@@ -343,7 +337,6 @@ impl Pipeline {
             rx,
             names,
             bad_records: bad,
-            read,
             lost_user,
             queued,
             caught_up_ns,
@@ -459,7 +452,6 @@ mod tests {
         let out = Out {
             batch: Raw::new(),
             tx,
-            read: Arc::default(),
             lost_user: Arc::default(),
             queued: Arc::new(AtomicU64::new(queued)),
             bound: MAX_QUEUED_EVENTS,

@@ -1073,6 +1073,17 @@ struct Flood {
 }
 
 impl Flood {
+    /// ~50k datagrams/s per thread (the tests beside a flood must keep
+    /// their CPU) to 40,000 loopback addresses, `max_s` seconds at most.
+    fn loopback(ns: &str, threads: usize, max_s: u64) -> Flood {
+        Flood::start(ns, threads, "127.0.0.1:0", 256, 5, max_s, |i, sent| {
+            std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::new(127, 0, (i % 200) as u8, 2 + (sent % 200) as u8),
+                9,
+            )
+        })
+    }
+
     fn start(
         ns: &str,
         threads: usize,
@@ -1239,14 +1250,8 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         ],
     )
     .unwrap();
-    // ~50k datagrams/s per thread (the tests beside this one must keep
-    // their CPU), 2 minutes at most, to 40,000 loopback addresses
-    let flood = Flood::start(&f.names.pods, 2, "127.0.0.1:0", 256, 5, 120, |i, sent| {
-        std::net::SocketAddrV4::new(
-            std::net::Ipv4Addr::new(127, 0, (i % 200) as u8, 2 + (sent % 200) as u8),
-            9,
-        )
-    });
+    // 2 minutes at most
+    let flood = Flood::loopback(&f.names.pods, 2, 120);
     let node = a.node_inode;
     let t0 = Instant::now();
     let mut skipped = 0;
@@ -1472,12 +1477,7 @@ fn insert_failures_outlast_a_flood_of_other_drops_behind_a_lagging_reader() {
         &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
     )
     .unwrap();
-    let flood = Flood::start(&f.names.pods, 1, "127.0.0.1:0", 256, 5, 60, |i, sent| {
-        std::net::SocketAddrV4::new(
-            std::net::Ipv4Addr::new(127, 0, (i % 200) as u8, 2 + (sent % 200) as u8),
-            9,
-        )
-    });
+    let flood = Flood::loopback(&f.names.pods, 1, 60);
     let rec = Rec::start_env(
         &a.names.node,
         "lt-fl",

@@ -28,16 +28,16 @@
 //! - Still open at the end of a recording: `unknown`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-/// The stage's tables, keyed by tuples (and sequence numbers), looked up
-/// several times per event: hashed with foldhash, seeded per process (keys
-/// come from the network), instead of SipHash.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Kind, Tuple, Winner, WinnerSlot};
+
+/// The stage's tables, keyed by tuples (and sequence numbers), looked up
+/// several times per event: hashed with foldhash, seeded per process (keys
+/// come from the network), instead of SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Events wait this long (event time) before they are released.
 pub const HOLD_NS: u64 = 200_000_000;
