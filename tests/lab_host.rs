@@ -1271,9 +1271,28 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         let pair: u64 = t.missed_covered.values().sum();
         let k = kernel(&rec);
         let failed = of_kind(&rec, Kind::InsertFailed, node).len() as u64;
+        // what tells the causes of a shortfall apart: the drops seen, loss
+        // in the kernel or in user space, and where the kernel counted
+        let per_cpu: Vec<String> = t
+            .kernel_counters
+            .iter()
+            .flat_map(|c| c.per_cpu.iter())
+            .map(|c| {
+                let seen = of_kind(&rec, Kind::InsertFailed, node)
+                    .iter()
+                    .filter(|e| e.cpu == c.cpu)
+                    .count();
+                format!("cpu{} kernel {} events {seen}", c.cpu, c.insert_failed)
+            })
+            .collect();
         eprintln!(
-            "nested run {runs}: insert_failed events {failed}, kernel {}; runs of the kfree_skb pairs the kernel skipped: {:?}",
+            "nested run {runs}: insert_failed events {failed}, kernel {}; nf_drop events {} (kernel drop {}); lost {} lost_user {}; {}; runs of the kfree_skb pairs the kernel skipped: {:?}",
             k.insert_failed,
+            count(&rec, Kind::NfDrop, node),
+            k.drop,
+            t.lost,
+            t.lost_user,
+            per_cpu.join(", "),
             t.missed_covered
         );
         assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
