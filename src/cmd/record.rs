@@ -10,7 +10,7 @@ use super::run::{ending_signal, say, Traced};
 use crate::cli::RecordArgs;
 use crate::incident;
 use crate::record::pcap::{PcapFile, PcapWriter};
-use crate::record::{Line, Trailer, Writer};
+use crate::record::{Behind, Line, Trailer};
 use crate::symbolize::KernelSymbols;
 use crate::workload::Resolver;
 
@@ -35,6 +35,8 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let header = session.header();
     w.write(&Line::Header(header.clone()))?;
     w.flush()?;
+    // from here on JSON and writes are the writer thread's
+    let mut w = Behind::spawn(w)?;
     let mut pcap = match pcap_file {
         Some(f) => Some(f.begin(a.snaplen, &header)?),
         None => None,
@@ -58,7 +60,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
     let mut corr = session.correlator();
     let mut incidents: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut emit = |out: incident::Output,
-                    w: &mut Writer,
+                    w: &mut Behind,
                     pcap: &mut Option<PcapWriter<BufWriter<File>>>,
                     counts: &mut BTreeMap<&'static str, u64>,
                     total: &mut u64,
@@ -76,7 +78,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             if let Some(p) = pcap.as_mut() {
                 e.frame = p.packet(&e)?;
             }
-            w.event(&e)?;
+            w.event(e)?;
         }
         for mut i in out.incidents {
             // the loser's workload: its original source's, like its events'
@@ -90,7 +92,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
                 .or_default()
                 .entry(i.outcome.clone())
                 .or_default() += 1;
-            w.write(&Line::Incident(Box::new(i)))?;
+            w.write(Line::Incident(Box::new(i)))?;
         }
         Ok(())
     };
@@ -207,7 +209,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             by.join(", ")
         ));
     }
-    w.write(&Line::Trailer(trailer))?;
+    w.write(Line::Trailer(trailer))?;
     w.flush()?;
     if let Some(p) = pcap.as_mut() {
         p.flush()?;

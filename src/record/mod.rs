@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::ctstat::KernelCounters;
 use crate::event::Event;
 pub use read::{read, read_from, ReadError, Reader, Recording, Summary, MAX_LINE};
-pub use write::{output, Writer};
+pub use write::{output, Behind, Writer};
 
 /// The format version this build writes and the newest it reads.
 pub const FORMAT: u32 = 1;
