@@ -1282,17 +1282,44 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
                     .iter()
                     .filter(|e| e.cpu == c.cpu)
                     .count();
-                format!("cpu{} kernel {} events {seen}", c.cpu, c.insert_failed)
+                let drops = of_kind(&rec, Kind::NfDrop, node)
+                    .iter()
+                    .filter(|e| e.cpu == c.cpu)
+                    .count();
+                format!(
+                    "cpu{} kernel {} events {seen} nf_drop {drops}",
+                    c.cpu, c.insert_failed
+                )
             })
             .collect();
+        // the SYN waves (7 losers each, ~1 s apart): a short one tells a lost
+        // wave from scattered misses
+        let waves = {
+            let mut ts: Vec<u64> = of_kind(&rec, Kind::InsertFailed, node)
+                .iter()
+                .map(|e| e.ts_ns)
+                .collect();
+            ts.sort_unstable();
+            let mut w: Vec<usize> = Vec::new();
+            let mut last = 0u64;
+            for t in ts {
+                if w.is_empty() || t - last > 300_000_000 {
+                    w.push(0);
+                }
+                *w.last_mut().unwrap() += 1;
+                last = t;
+            }
+            w
+        };
         eprintln!(
-            "nested run {runs}: insert_failed events {failed}, kernel {}; nf_drop events {} (kernel drop {}); lost {} lost_user {}; {}; runs of the kfree_skb pairs the kernel skipped: {:?}",
+            "nested run {runs}: insert_failed events {failed}, kernel {}; nf_drop events {} (kernel drop {}); lost {} lost_user {}; {}; insert_failed per SYN wave {waves:?}; written {:?}; runs of the kfree_skb pairs the kernel skipped: {:?}",
             k.insert_failed,
             count(&rec, Kind::NfDrop, node),
             k.drop,
             t.lost,
             t.lost_user,
             per_cpu.join(", "),
+            t.events,
             t.missed_covered
         );
         assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
