@@ -176,21 +176,28 @@ fn trace(
                 r.fill(e);
             }
         }
-        if let Some(r) = rot {
+        if rot.is_some() {
             for e in events.iter_mut() {
                 syms.fill(e);
+            }
+        }
+        {
+            let mut m = st.metrics.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                m.observe(e);
+            }
+            for i in &out.incidents {
+                m.observe_incident(i);
+            }
+        }
+        // counted, then handed to the file's thread
+        if let Some(r) = rot {
+            for e in events {
                 r.event(e)?;
             }
             for i in &out.incidents {
                 r.incident(i)?;
             }
-        }
-        let mut m = st.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        for e in &events {
-            m.observe(e);
-        }
-        for i in &out.incidents {
-            m.observe_incident(i);
         }
         Ok(())
     };

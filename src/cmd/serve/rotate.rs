@@ -15,14 +15,15 @@ use anyhow::{Context, Result};
 use crate::ctstat::Snapshot;
 use crate::event::Event;
 use crate::record::pcap::{PcapFile, PcapWriter};
-use crate::record::{Header, Line, Trailer, Writer};
+use crate::record::{Behind, Header, Line, Trailer, Writer};
 
 const PREFIX: &str = "ctrace-serve-";
 const SUFFIX: &str = ".jsonl";
 
 /// Where the counters stood when the current file began.
 struct Open {
-    w: Writer,
+    /// The file's writer thread (JSON and writes off the consumer's).
+    w: Behind,
     pcap: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
     path: PathBuf,
     events: BTreeMap<String, u64>,
@@ -115,6 +116,7 @@ impl Rotator {
         };
         w.write(&Line::Header(now.header.clone()))?;
         w.flush()?;
+        let w = Behind::spawn(w)?;
         self.open = Some(Open {
             w,
             pcap,
@@ -142,18 +144,18 @@ impl Rotator {
                 .or_default()
                 .entry(i.outcome.clone())
                 .or_default() += 1;
-            o.w.write(&Line::Incident(Box::new(i.clone())))?;
+            o.w.write(Line::Incident(Box::new(i.clone())))?;
         }
         Ok(())
     }
 
     /// Writes the event (and its packet, with `--pcap`: `e.frame` is set to
     /// its frame in the current file's capture).
-    pub fn event(&mut self, e: &mut Event) -> Result<()> {
+    pub fn event(&mut self, mut e: Event) -> Result<()> {
         if let Some(o) = self.open.as_mut() {
             *o.events.entry(e.kind.name().to_string()).or_default() += 1;
             if let Some(p) = o.pcap.as_mut() {
-                e.frame = p.packet(e)?;
+                e.frame = p.packet(&e)?;
             }
             o.w.event(e)?;
         }
@@ -199,7 +201,7 @@ impl Rotator {
             signal,
             incidents: o.incidents,
         };
-        o.w.write(&Line::Trailer(t))?;
+        o.w.write(Line::Trailer(t))?;
         if let Some(p) = o.pcap.as_mut() {
             p.flush()?;
         }
@@ -256,7 +258,7 @@ mod tests {
             },
         );
         for _ in 0..200 {
-            r.event(&mut e.clone()).unwrap();
+            r.event(e.clone()).unwrap();
             r.tick(&now).unwrap();
         }
         r.end(&now, "signal", Some("SIGTERM".into())).unwrap();
@@ -310,7 +312,7 @@ mod tests {
             data: vec![0x45; 40],
         });
         for _ in 0..200 {
-            r.event(&mut e.clone()).unwrap();
+            r.event(e.clone()).unwrap();
             r.tick(&now).unwrap();
         }
         r.end(&now, "signal", None).unwrap();
