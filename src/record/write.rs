@@ -164,18 +164,18 @@ impl Behind {
             .spawn(move || {
                 for mut batch in rx {
                     for q in batch.drain(..) {
-                        let r = match q {
-                            Queued::Event(e) => w.event(&e),
-                            Queued::Line(l) => w.write(&l),
-                            Queued::Flush(done) => {
-                                let r = w.flush();
-                                let _ = done.send(());
-                                r
-                            }
+                        let (r, done) = match q {
+                            Queued::Event(e) => (w.event(&e), None),
+                            Queued::Line(l) => (w.write(&l), None),
+                            Queued::Flush(done) => (w.flush(), Some(done)),
                         };
+                        // the error is kept before a flush is answered
                         if let Err(e) = r {
                             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                             seen.get_or_insert(format!("{e:#}"));
+                        }
+                        if let Some(done) = done {
+                            let _ = done.send(());
                         }
                     }
                     let _ = back.send(batch);
