@@ -1270,7 +1270,11 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         // runs of the kfree_skb pairs (confirm's and symptoms') the kernel skipped
         let pair: u64 = t.missed_covered.values().sum();
         let k = kernel(&rec);
-        let failed = of_kind(&rec, Kind::InsertFailed, node).len() as u64;
+        let (fails, drops) = (
+            of_kind(&rec, Kind::InsertFailed, node),
+            of_kind(&rec, Kind::NfDrop, node),
+        );
+        let failed = fails.len() as u64;
         // what tells the causes of a shortfall apart: the drops seen, loss
         // in the kernel or in user space, and where the kernel counted
         let per_cpu: Vec<String> = t
@@ -1278,16 +1282,10 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
             .iter()
             .flat_map(|c| c.per_cpu.iter())
             .map(|c| {
-                let seen = of_kind(&rec, Kind::InsertFailed, node)
-                    .iter()
-                    .filter(|e| e.cpu == c.cpu)
-                    .count();
-                let drops = of_kind(&rec, Kind::NfDrop, node)
-                    .iter()
-                    .filter(|e| e.cpu == c.cpu)
-                    .count();
+                let seen = fails.iter().filter(|e| e.cpu == c.cpu).count();
+                let dropped = drops.iter().filter(|e| e.cpu == c.cpu).count();
                 format!(
-                    "cpu{} kernel {} events {seen} nf_drop {drops}",
+                    "cpu{} kernel {} events {seen} nf_drop {dropped}",
                     c.cpu, c.insert_failed
                 )
             })
@@ -1295,10 +1293,7 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         // the SYN waves (7 losers each, ~1 s apart): a short one tells a lost
         // wave from scattered misses
         let waves = {
-            let mut ts: Vec<u64> = of_kind(&rec, Kind::InsertFailed, node)
-                .iter()
-                .map(|e| e.ts_ns)
-                .collect();
+            let mut ts: Vec<u64> = fails.iter().map(|e| e.ts_ns).collect();
             ts.sort_unstable();
             let mut w: Vec<usize> = Vec::new();
             let mut last = 0u64;
@@ -1314,7 +1309,7 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         eprintln!(
             "nested run {runs}: insert_failed events {failed}, kernel {}; nf_drop events {} (kernel drop {}); lost {} lost_user {}; {}; insert_failed per SYN wave {waves:?}; written {:?}; runs of the kfree_skb pairs the kernel skipped: {:?}",
             k.insert_failed,
-            count(&rec, Kind::NfDrop, node),
+            drops.len(),
             k.drop,
             t.lost,
             t.lost_user,
@@ -1324,11 +1319,7 @@ fn insert_failures_nested_in_a_drop_flood_are_all_seen() {
         );
         assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
         assert_eq!(failed, k.insert_failed, "run {runs} ({pair} runs skipped)");
-        assert_eq!(
-            count(&rec, Kind::NfDrop, node),
-            k.drop,
-            "run {runs}: nf_drop"
-        );
+        assert_eq!(drops.len() as u64, k.drop, "run {runs}: nf_drop");
         skipped += pair;
         runs += 1;
     }

@@ -176,11 +176,6 @@ fn trace(
                 r.fill(e);
             }
         }
-        if rot.is_some() {
-            for e in events.iter_mut() {
-                syms.fill(e);
-            }
-        }
         {
             let mut m = st.metrics.lock().unwrap_or_else(|p| p.into_inner());
             for e in &events {
@@ -192,7 +187,8 @@ fn trace(
         }
         // counted, then handed to the file's thread
         if let Some(r) = rot {
-            for e in events {
+            for mut e in events {
+                syms.fill(&mut e);
                 r.event(e)?;
             }
             for i in &out.incidents {

@@ -26,7 +26,8 @@ struct Open {
     w: Behind,
     pcap: Option<PcapWriter<std::io::BufWriter<std::fs::File>>>,
     path: PathBuf,
-    events: BTreeMap<String, u64>,
+    /// Per kind; `&'static` keys: no allocation per event.
+    events: BTreeMap<&'static str, u64>,
     incidents: BTreeMap<String, BTreeMap<String, u64>>,
     lost_at_start: u64,
     lost_user_at_start: u64,
@@ -153,7 +154,7 @@ impl Rotator {
     /// its frame in the current file's capture).
     pub fn event(&mut self, mut e: Event) -> Result<()> {
         if let Some(o) = self.open.as_mut() {
-            *o.events.entry(e.kind.name().to_string()).or_default() += 1;
+            *o.events.entry(e.kind.name()).or_default() += 1;
             if let Some(p) = o.pcap.as_mut() {
                 e.frame = p.packet(&e)?;
             }
@@ -191,7 +192,7 @@ impl Rotator {
         let t = Trailer {
             end_wall: crate::record::now_rfc3339(),
             end_mono_ns: crate::sys::monotonic_ns(),
-            events: o.events,
+            events: o.events.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             lost: now.lost.saturating_sub(o.lost_at_start),
             lost_user: now.lost_user.saturating_sub(o.lost_user_at_start),
             missed: Default::default(),
