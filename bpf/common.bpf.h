@@ -42,9 +42,13 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
+/* Records that could not be written, per CPU: key 0 of every other kind, key 1
+ * of the failure kinds (CT_IS_FAILURE), so that user space can tell a loss
+ * that leaves the failures whole from one that does not (src/probe/load.rs
+ * LOST_OTHERS, LOST_FAILURES). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
@@ -68,13 +72,51 @@ struct {
 
 #define TCP_SYN_SENT 2
 
-static __always_inline void ct_lost(void)
+/* The kinds ctrace exists to show (src/pipeline.rs is_failure keeps the same
+ * ones past the user-space queue's bound). */
+#define CT_IS_FAILURE(kind)                                                        \
+	((kind) == CT_KIND_INSERT_FAILED || (kind) == CT_KIND_CLASH_RESOLVED ||    \
+	 (kind) == CT_KIND_TCP_INVALID)
+
+static __always_inline void ct_lost(__u32 kind)
 {
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	__u32 key = CT_IS_FAILURE(kind) ? 1 : 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &key);
 
 	if (n)
 		__sync_fetch_and_add(n, 1);
+}
+
+/* The ring's last quarter is the failures' own. Symptoms see every netns, so
+ * a flood of another netns's drops behind a reader that lags (a loaded node,
+ * a stalled consumer) filled the ring, and the traced netns's next insert
+ * failures found no room: lost beside the flood's drops, the one story the
+ * trace exists for. Past three quarters, every other kind is refused and
+ * counted in `lost`; insert_failed, clash_resolved and tcp_invalid still fit.
+ * ct_crowded is set where the fill is looked at anyway (ct_submit, once per
+ * CT_WAKE_GAP_NS) and when a reservation fails; only while it is set does a
+ * record of another kind ask the fill (a helper call) before reserving, and
+ * the first that finds room again clears it. So a ring with room costs
+ * nothing here, and at most a gap's worth of a flood reaches the last
+ * quarter before the gate closes. Per object (its .bss): each object's own
+ * looks close its own gate. */
+__u8 ct_crowded = 0;
+
+#define CT_CROWDED(avail) ((avail) >= ring_bytes - ring_bytes / 4)
+
+static __always_inline void *ct_ring_reserve(__u32 kind, __u64 size)
+{
+	void *e;
+
+	if (!CT_IS_FAILURE(kind) && ct_crowded) {
+		if (CT_CROWDED(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA)))
+			return NULL;
+		ct_crowded = 0;
+	}
+	e = bpf_ringbuf_reserve(&events, size, 0);
+	if (!e)
+		ct_crowded = 1;
+	return e;
 }
 
 /* Zeroes only what some kind may leave unset: everything up to the reply
@@ -91,7 +133,7 @@ static __always_inline struct ct_event *ct_fill_new(struct ct_event *e, __u32 ki
 						    __u32 len)
 {
 	if (!e) {
-		ct_lost();
+		ct_lost(kind);
 		return NULL;
 	}
 	__builtin_memset(e, 0, CT_LEN_PACKET);
@@ -109,7 +151,7 @@ static __always_inline struct ct_event *ct_fill_new(struct ct_event *e, __u32 ki
  * that offset may be written. */
 static __always_inline struct ct_event *ct_reserve_len(__u32 kind, __u8 source, __u32 len)
 {
-	return ct_fill_new(bpf_ringbuf_reserve(&events, len, 0), kind, source, len);
+	return ct_fill_new(ct_ring_reserve(kind, len), kind, source, len);
 }
 
 static __always_inline struct ct_event *ct_reserve(__u32 kind, __u8 source)
@@ -122,8 +164,8 @@ static __always_inline struct ct_event *ct_reserve_pkt(__u32 kind, __u8 source)
 {
 	if (!snap_room)
 		return ct_reserve(kind, source);
-	return ct_fill_new(bpf_ringbuf_reserve(&events, sizeof(struct ct_event) + snap_room, 0),
-			   kind, source, CT_LEN_FULL);
+	return ct_fill_new(ct_ring_reserve(kind, sizeof(struct ct_event) + snap_room), kind,
+			   source, CT_LEN_FULL);
 }
 
 /* The ring's fill is looked at, and a wake-up of the reader forced, at most
@@ -152,9 +194,13 @@ static __always_inline void ct_submit(struct ct_event *e)
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
 	if (e->ts_ns - ct_last_look >= CT_WAKE_GAP_NS) {
+		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
 		ct_last_look = e->ts_ns;
-		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= ring_bytes / 16)
+		if (avail >= ring_bytes / 16)
 			flags = BPF_RB_FORCE_WAKEUP;
+		if (CT_CROWDED(avail))
+			ct_crowded = 1;
 	}
 	bpf_ringbuf_submit(e, flags);
 }

@@ -42,6 +42,9 @@ pub struct Finish {
     /// Kernel counters over the session (per CPU).
     pub counters: Option<Snapshot>,
     pub lost: u64,
+    /// Of `lost`, records of the failure kinds: 0 means every insert
+    /// failure, clash and INVALID segment the kernel reported is here.
+    pub lost_failures: u64,
     /// Events dropped in user space because the consumer stalled.
     pub lost_user: u64,
     /// Program runs the kernel skipped (nested in themselves), by program.
@@ -118,6 +121,12 @@ impl Session {
         // can be stamped before the header's start_mono_ns.
         let start_mono_ns = crate::sys::monotonic_ns();
         let start_wall = crate::record::now_rfc3339();
+        // The reader runs before the first program is attached: a flood that
+        // starts with the attach (another netns's drops, every probe on at
+        // last) would otherwise fill the ring before anyone reads it.
+        let ring = libbpf_rs::MapHandle::try_from(&shared.events)
+            .context("duplicating the ring buffer handle")?;
+        let pipeline = Pipeline::start(ring, BtfNames::load())?;
         let probes = load::attach_plan_kept(&plan, &lcfg, &shared, kept)?;
         let mut notes: Vec<String> = probes.iter().flat_map(|p| p.notes.clone()).collect();
         let t = baseline.total();
@@ -141,9 +150,6 @@ impl Session {
                 ));
             }
         }
-        let ring = libbpf_rs::MapHandle::try_from(&shared.events)
-            .context("duplicating the ring buffer handle")?;
-        let pipeline = Pipeline::start(ring, BtfNames::load())?;
         Ok(Session {
             plan,
             features,
@@ -229,6 +235,12 @@ impl Session {
                 .pipeline
                 .bad_records
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Of [`Session::lost`], the records of the failure kinds the kernel
+    /// could not write (the ring keeps its last quarter for them).
+    pub fn lost_failures(&self) -> u64 {
+        self.shared.lost_failures()
     }
 
     /// Events decoded but dropped in user space: the consumer (an output that
@@ -329,12 +341,14 @@ impl Session {
         let remaining = self.pipeline.finish()?;
         let counters = self.counters().ok();
         let lost = self.lost();
+        let lost_failures = self.lost_failures();
         let lost_user = self.lost_user();
         let (missed, missed_covered) = self.missed();
         Ok(Finish {
             remaining,
             counters,
             lost,
+            lost_failures,
             lost_user,
             missed,
             missed_covered,

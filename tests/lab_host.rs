@@ -88,7 +88,14 @@ impl Rec {
         let file = dir.join("rec.jsonl");
         let _ = std::fs::remove_file(&file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
-            .args(["record", "-q", "--ringbuf-mb", RINGBUF_MB, "--netns", node])
+            .args(["record", "-q", "--netns", node])
+            // a test's own ring size, or the default of these tests
+            .args(
+                (!extra.contains(&"--ringbuf-mb"))
+                    .then_some(["--ringbuf-mb", RINGBUF_MB])
+                    .iter()
+                    .flatten(),
+            )
             .args(extra)
             .arg("-o")
             .arg(&file)
@@ -1487,6 +1494,70 @@ fn a_lagging_reader_keeps_each_losers_story_whole() {
         "one incident per loser: {races:#?}"
     );
     assert_eq!(sum, k.insert_failed);
+}
+
+/// The same flood, behind a reader so slow that the ring itself fills: the
+/// last quarter of the ring is the failures' own (ct_ring_reserve in
+/// bpf/common.bpf.h), so the flood's drops are refused and counted in `lost`
+/// while every insert failure of the traced netns still finds room. A 1 MiB
+/// ring drained every 2 s: the flood fills it within milliseconds of each
+/// drain, so each SYN wave meets a full ring (without the gate: 0, 7 or 14
+/// of 21 insert failures).
+#[test]
+fn insert_failures_find_room_in_a_ring_a_flood_has_filled() {
+    require_host!();
+    let _g = common::serial();
+    let a = Topology::create("lt-fr-a", snat::CLIENTS).unwrap();
+    let f = Topology::create("lt-fr-f", 1).unwrap();
+    let _sa = Server::start(&a.names.server, snat::server_ports()).unwrap();
+    Variant::Deterministic.install(&a).unwrap();
+    ctrace::lab::topology::cmd_in(
+        &f.names.pods,
+        "iptables",
+        &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
+    )
+    .unwrap();
+    let flood = Flood::loopback(&f.names.pods, 1, 60);
+    let rec = Rec::start_env(
+        &a.names.node,
+        "lt-fr",
+        &["--ringbuf-mb", "1"],
+        &[("CTRACE_TEST_READER_LAG_MS", "2000")],
+    );
+    snat::run_round(&a, Variant::Deterministic, 0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rec, _) = rec.stop_all();
+    let sent = flood.stop();
+    let t = rec.trailer.as_ref().unwrap();
+    // not kernel(): records are lost here by design, the flood's
+    let k = t
+        .kernel_counters
+        .clone()
+        .expect("trailer has kernel_counters");
+    let failed = of_kind(&rec, Kind::InsertFailed, a.node_inode).len() as u64;
+    eprintln!(
+        "lt-fr: insert_failed events {failed}, kernel {}; the flood sent {sent}, nf_drop events {}, lost {} (of failures {}) lost_user {}, missed {:?}, covered {:?}, per CPU {:?}",
+        k.insert_failed,
+        rec.events.iter().filter(|e| e.kind == Kind::NfDrop).count(),
+        t.lost,
+        t.lost_failures,
+        t.lost_user,
+        t.missed,
+        t.missed_covered,
+        k.per_cpu.iter().map(|c| c.insert_failed).collect::<Vec<_>>()
+    );
+    let mut cpus = std::collections::BTreeMap::new();
+    for e in of_kind(&rec, Kind::InsertFailed, a.node_inode) {
+        *cpus.entry(e.cpu).or_insert(0u64) += 1;
+    }
+    eprintln!("lt-fr: insert_failed events by CPU {cpus:?}");
+    assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
+    assert!(
+        t.lost > 0,
+        "the flood did not fill the ring: the test shows nothing"
+    );
+    assert_eq!(t.lost_failures, 0, "failures lost in the ring");
+    assert_eq!(failed, k.insert_failed);
 }
 
 /// A flood of another netns's drops behind a reader that lags: symptoms see

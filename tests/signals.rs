@@ -143,16 +143,18 @@ fn check_lab_ends_cleanly_on_int_term_hup_quit() {
         return;
     }
     let _g = common::serial();
+    let d = dir("check");
     for sig in [
         Signal::SIGINT,
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGQUIT,
     ] {
+        let err = d.join(format!("{sig}.stderr"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_ctrace"))
             .args(["check", "--json", "--lab", "snat-race", "-d", "60s"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -190,10 +192,22 @@ fn check_lab_ends_cleanly_on_int_term_hup_quit() {
         let kernel = doc["kernel_counters"]["insert_failed"]
             .as_u64()
             .unwrap_or(0);
-        assert_eq!(failed, kernel, "{sig}: events vs kernel");
+        // on a mismatch, everything that tells where the difference went
+        assert_eq!(
+            failed,
+            kernel,
+            "{sig}: events vs kernel; lost {}, missed {}, agreement {}, kernel per CPU {}, incidents {}; ctrace said: {}",
+            doc["lost"],
+            doc["missed"],
+            doc["agreement"],
+            doc["kernel_counters"]["per_cpu"],
+            doc["incidents"],
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
         check_clean(pid, &links, &format!("check after {sig}"));
         eprintln!("check --lab, {sig}: exit {code:?}, insert_failed {failed} = kernel {kernel}");
     }
+    std::fs::remove_dir_all(&d).ok();
 }
 
 #[test]

@@ -174,6 +174,7 @@ fn write_recording(path: &Path, events: &[Event], kernel_insert_failed: u64) {
         end_mono_ns: 1_300_000_000,
         events: counts,
         lost: 0,
+        lost_failures: 0,
         lost_user: 0,
         missed: Default::default(),
         missed_covered: Default::default(),

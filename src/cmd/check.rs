@@ -107,6 +107,8 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     d.probes = header.probes.clone();
     d.events = kind_counts(&agg.stats);
     d.lost = Some(fin.lost + fin.lost_user);
+    d.lost_user = Some(fin.lost_user);
+    d.lost_failures = Some(fin.lost_failures);
     d.missed = fin.missed.clone();
     d.agreement = kc
         .as_ref()

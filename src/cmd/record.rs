@@ -169,6 +169,7 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         events: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         incidents,
         lost: fin.lost,
+        lost_failures: fin.lost_failures,
         lost_user: fin.lost_user,
         missed: fin.missed.clone(),
         missed_covered: fin.missed_covered.clone(),

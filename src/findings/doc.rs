@@ -222,6 +222,15 @@ pub struct Document {
     /// Records the kernel could not deliver; null when not known (a
     /// recording without its trailer).
     pub lost: Option<u64>,
+    /// Of `lost`, the events read from the ring but dropped in user space
+    /// (the consumer fell behind: the trailer's `lost_user`); the rest the
+    /// kernel could not write. Absent where not known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lost_user: Option<u64>,
+    /// Of `lost`, the failure kinds' records the kernel could not write (the
+    /// trailer's `lost_failures`); 0: the failures counted are all there were.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lost_failures: Option<u64>,
     /// Program runs the kernel skipped (nested in themselves), by program:
     /// events may be missing (the trailer's `missed`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
@@ -264,6 +273,8 @@ impl Document {
             probes: BTreeMap::new(),
             events: BTreeMap::new(),
             lost: Some(0),
+            lost_user: None,
+            lost_failures: None,
             missed: BTreeMap::new(),
             kernel_counters: None,
             incidents: BTreeMap::new(),

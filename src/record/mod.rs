@@ -43,6 +43,12 @@ pub struct Trailer {
     pub end_mono_ns: u64,
     pub events: BTreeMap<String, u64>,
     pub lost: u64,
+    /// Of `lost`, the records of the failure kinds (insert_failed,
+    /// clash_resolved, tcp_invalid): the ring keeps its last quarter for
+    /// them, so a flood of other events is lost first. Written when not zero;
+    /// with it 0, the failures in the file are all the kernel reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_failures: u64,
     /// Events decoded but dropped in user space because the output stalled
     /// (beside `lost`, the kernel's count of records it could not write).
     /// Written when not zero.

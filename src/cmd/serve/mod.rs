@@ -161,6 +161,7 @@ fn trace(
             header: &header,
             kernel: traced.session.counters().ok(),
             lost: 0,
+            lost_failures: 0,
             lost_user: 0,
         })?;
     }
@@ -226,6 +227,7 @@ fn trace(
                     header: &header,
                     kernel: traced.session.counters().ok(),
                     lost: traced.session.lost(),
+                    lost_failures: traced.session.lost_failures(),
                     lost_user: traced.session.lost_user(),
                 };
                 r.tick(&now)?;
@@ -251,6 +253,7 @@ fn trace(
                 header: &header,
                 kernel: fin.counters.clone(),
                 lost: fin.lost,
+                lost_failures: fin.lost_failures,
                 lost_user: fin.lost_user,
             },
             "signal",

@@ -30,6 +30,7 @@ struct Open {
     events: BTreeMap<&'static str, u64>,
     incidents: BTreeMap<String, BTreeMap<String, u64>>,
     lost_at_start: u64,
+    lost_failures_at_start: u64,
     lost_user_at_start: u64,
     kernel_at_start: Option<Snapshot>,
 }
@@ -49,6 +50,7 @@ pub struct Now<'a> {
     pub header: &'a Header,
     pub kernel: Option<Snapshot>,
     pub lost: u64,
+    pub lost_failures: u64,
     pub lost_user: u64,
 }
 
@@ -125,6 +127,7 @@ impl Rotator {
             events: BTreeMap::new(),
             incidents: BTreeMap::new(),
             lost_at_start: now.lost,
+            lost_failures_at_start: now.lost_failures,
             lost_user_at_start: now.lost_user,
             kernel_at_start: now.kernel.clone(),
         });
@@ -194,6 +197,7 @@ impl Rotator {
             end_mono_ns: crate::sys::monotonic_ns(),
             events: o.events.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             lost: now.lost.saturating_sub(o.lost_at_start),
+            lost_failures: now.lost_failures.saturating_sub(o.lost_failures_at_start),
             lost_user: now.lost_user.saturating_sub(o.lost_user_at_start),
             missed: Default::default(),
             missed_covered: Default::default(),
@@ -244,6 +248,7 @@ mod tests {
             header: &h,
             kernel: None,
             lost: 0,
+            lost_failures: 0,
             lost_user: 0,
         };
         let mut r = Rotator::new(&dir, 4096, 3).unwrap();
@@ -295,6 +300,7 @@ mod tests {
             header: &h,
             kernel: None,
             lost: 0,
+            lost_failures: 0,
             lost_user: 0,
         };
         let mut r = Rotator::new(&dir, 4096, 2).unwrap().with_pcap(64);
