@@ -84,7 +84,9 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let elapsed = t0.elapsed().as_secs_f64();
     let table_fill = traced.session.table_fill().ok();
     // traffic stops, probes detach, counters are read: in that order
-    let (fin, lab) = traced.finish()?;
+    let (fin, lab) = traced.finish_draining(|s| {
+        agg.add_output(&s.next_output(&mut corr, Duration::from_millis(100)));
+    })?;
     for e in fin.remaining {
         agg.add_output(&corr.push(e));
     }

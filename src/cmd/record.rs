@@ -143,8 +143,25 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             ));
         }
     }
-    // the lab's traffic ends before the probes detach: nothing it causes goes untraced
-    let (fin, lab) = traced.finish()?;
+    // the lab's traffic ends before the probes detach: nothing it causes
+    // goes untraced, and what comes meanwhile is written as it comes
+    let (fin, lab) = traced.finish_draining(|s| {
+        if write_err.is_some() {
+            std::thread::sleep(Duration::from_millis(20));
+            return;
+        }
+        let out = s.next_output(&mut corr, Duration::from_millis(100));
+        if let Err(err) = emit(
+            out,
+            &mut w,
+            &mut pcap,
+            &mut counts,
+            &mut total,
+            &mut incidents,
+        ) {
+            write_err = Some(err);
+        }
+    })?;
     if let Some(err) = write_err {
         return Err(err);
     }

@@ -357,11 +357,7 @@ impl Background {
 
     /// Whether the traffic loop has ended (bounds reached or an error).
     pub fn finished(&self) -> bool {
-        self.traffic
-            .thread
-            .lock()
-            .map(|t| t.as_ref().map_or(true, |t| t.is_finished()))
-            .unwrap_or(true)
+        self.traffic.ended()
     }
 }
 
@@ -373,9 +369,22 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Asks the traffic to stop after its current iteration, without waiting.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the traffic thread has ended (or was already joined).
+    pub fn ended(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().map_or(true, |t| t.is_finished()))
+            .unwrap_or(true)
+    }
+
     /// Stops the traffic and waits for its current iteration to end.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.request_stop();
         let t = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = t {
             let _ = t.join();
