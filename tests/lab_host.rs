@@ -1197,11 +1197,17 @@ fn crowded_node_insert_failures_are_the_traced_netns_only_5_runs() {
                 ) && e.netns != node
             })
             .collect();
+        let mut by_cpu = std::collections::BTreeMap::new();
+        for e in of_kind(&rec, Kind::InsertFailed, node) {
+            *by_cpu.entry(e.cpu).or_insert(0u64) += 1;
+        }
         eprintln!(
-            "crowded run {run} node {node}: insert_failed events {failed}, kernel {} (own read {}), other lab clients {other}, foreign conntrack events {}",
+            "crowded run {run} node {node}: insert_failed events {failed}, kernel {} (own read {}), other lab clients {other}, foreign conntrack events {}; by CPU: events {by_cpu:?}, kernel {:?}; runs skipped with the twin's cover {:?}",
             k.insert_failed,
             own.insert_failed,
-            foreign.len()
+            foreign.len(),
+            k.per_cpu.iter().map(|c| c.insert_failed).collect::<Vec<_>>(),
+            rec.trailer.as_ref().map(|t| t.missed_covered.clone()).unwrap_or_default()
         );
         assert!(k.insert_failed > 0, "SNAT to one port must lose inserts");
         assert_eq!(failed, k.insert_failed, "run {run}");
