@@ -42,13 +42,10 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
-/* Records that could not be written, per CPU: key 0 of every other kind, key 1
- * of the failure kinds (CT_IS_FAILURE), so that user space can tell a loss
- * that leaves the failures whole from one that does not (src/probe/load.rs
- * LOST_OTHERS, LOST_FAILURES). */
+/* Records that could not be written, per CPU, by enum ct_lost. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, CT_LOST_KEYS);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
@@ -80,7 +77,7 @@ struct {
 
 static __always_inline void ct_lost(__u32 kind)
 {
-	__u32 key = CT_IS_FAILURE(kind) ? 1 : 0;
+	__u32 key = CT_IS_FAILURE(kind) ? CT_LOST_FAILURES : CT_LOST_OTHERS;
 	__u64 *n = bpf_map_lookup_elem(&lost, &key);
 
 	if (n)

@@ -127,6 +127,15 @@ enum ct_len {
 	CT_LEN_FULL = sizeof(struct ct_event),
 };
 
+/* The keys of the lost counter (`lost` in common.bpf.h): records of the
+ * failure kinds (CT_IS_FAILURE) apart from every other, so that user space can
+ * tell a loss that leaves the failures whole from one that does not. */
+enum ct_lost {
+	CT_LOST_OTHERS = 0,
+	CT_LOST_FAILURES = 1,
+	CT_LOST_KEYS = 2,
+};
+
 /* Every enum of the ABI in one struct, instantiated once in common.bpf.h, so
  * that the skeleton generates their Rust types (src/abi.rs reads the values
  * from there: no number is copied by hand). */
@@ -139,6 +148,7 @@ struct ct_abi {
 	enum ct_verdict verdict;
 	enum ct_snap snap;
 	enum ct_len len;
+	enum ct_lost lost;
 };
 
 #endif

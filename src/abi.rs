@@ -62,6 +62,14 @@ pub const LEN_PACKET: usize = t::ct_len::CT_LEN_PACKET.0 as usize;
 pub const LEN_CONN: usize = t::ct_len::CT_LEN_CONN.0 as usize;
 pub const LEN_FULL: usize = t::ct_len::CT_LEN_FULL.0 as usize;
 
+/// `enum ct_lost`: the lost counter's keys.
+pub mod lost {
+    use super::t::ct_lost as L;
+    pub const OTHERS: u32 = L::CT_LOST_OTHERS.0;
+    pub const FAILURES: u32 = L::CT_LOST_FAILURES.0;
+    pub const KEYS: u32 = L::CT_LOST_KEYS.0;
+}
+
 /// `enum ct_snap`: the most packet bytes one record carries after it.
 pub const SNAP_MAX: u32 = t::ct_snap::CT_SNAP_MAX.0;
 
@@ -230,6 +238,9 @@ mod tests {
             ("CT_LEN_PACKET", LEN_PACKET as u64),
             ("CT_LEN_CONN", LEN_CONN as u64),
             ("CT_LEN_FULL", LEN_FULL as u64),
+            ("CT_LOST_OTHERS", lost::OTHERS.into()),
+            ("CT_LOST_FAILURES", lost::FAILURES.into()),
+            ("CT_LOST_KEYS", lost::KEYS.into()),
         ];
         // what the header computes from the layout, computed again here
         let layout = |expr: &str| -> u64 {

@@ -1502,19 +1502,17 @@ fn a_lagging_reader_keeps_each_losers_story_whole() {
     assert_eq!(sum, k.insert_failed);
 }
 
-/// The same flood, behind a reader so slow that the ring itself fills: the
-/// last quarter of the ring is the failures' own (ct_ring_reserve in
-/// bpf/common.bpf.h), so the flood's drops are refused and counted in `lost`
-/// while every insert failure of the traced netns still finds room. A 1 MiB
-/// ring drained every 2 s: the flood fills it within milliseconds of each
-/// drain, so each SYN wave meets a full ring (without the gate: 0, 7 or 14
-/// of 21 insert failures).
-#[test]
-fn insert_failures_find_room_in_a_ring_a_flood_has_filled() {
-    require_host!();
-    let _g = common::serial();
-    let a = Topology::create("lt-fr-a", snat::CLIENTS).unwrap();
-    let f = Topology::create("lt-fr-f", 1).unwrap();
+/// One SNAT round (every loser's SYN fails at confirm) in a lab node that
+/// ctrace records with `extra` flags and `env`, beside a loopback UDP flood
+/// that a third netns's OUTPUT chain drops (symptoms see it: every netns).
+/// The recording, the node's netns inode and the datagrams the flood sent.
+fn snat_round_beside_a_flood(
+    tag: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Recording, u32, u64) {
+    let a = Topology::create(&format!("{tag}-a"), snat::CLIENTS).unwrap();
+    let f = Topology::create(&format!("{tag}-f"), 1).unwrap();
     let _sa = Server::start(&a.names.server, snat::server_ports()).unwrap();
     Variant::Deterministic.install(&a).unwrap();
     ctrace::lab::topology::cmd_in(
@@ -1524,23 +1522,36 @@ fn insert_failures_find_room_in_a_ring_a_flood_has_filled() {
     )
     .unwrap();
     let flood = Flood::loopback(&f.names.pods, 1, 60);
-    let rec = Rec::start_env(
-        &a.names.node,
+    let rec = Rec::start_env(&a.names.node, tag, extra, env);
+    snat::run_round(&a, Variant::Deterministic, 0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rec, _) = rec.stop_all();
+    (rec, a.node_inode, flood.stop())
+}
+
+/// The same flood, behind a reader so slow that the ring itself fills: the
+/// last quarter of the ring is the failures' own (ct_ring_reserve in
+/// bpf/common.bpf.h), so the flood's drops are refused and counted in `lost`
+/// while every insert failure of the traced netns still finds room. A 1 MiB
+/// ring drained every 2 s: the flood fills it within milliseconds of each
+/// drain, so each SYN wave meets a full ring (without the gate: 14 of 21
+/// insert failures, `lost_failures` 7, in 2 of 2 runs).
+#[test]
+fn insert_failures_find_room_in_a_ring_a_flood_has_filled() {
+    require_host!();
+    let _g = common::serial();
+    let (rec, node, sent) = snat_round_beside_a_flood(
         "lt-fr",
         &["--ringbuf-mb", "1"],
         &[("CTRACE_TEST_READER_LAG_MS", "2000")],
     );
-    snat::run_round(&a, Variant::Deterministic, 0).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let (rec, _) = rec.stop_all();
-    let sent = flood.stop();
     let t = rec.trailer.as_ref().unwrap();
     // not kernel(): records are lost here by design, the flood's
     let k = t
         .kernel_counters
         .clone()
         .expect("trailer has kernel_counters");
-    let failed = of_kind(&rec, Kind::InsertFailed, a.node_inode).len() as u64;
+    let failed = of_kind(&rec, Kind::InsertFailed, node).len() as u64;
     eprintln!(
         "lt-fr: insert_failed events {failed}, kernel {}; the flood sent {sent}, nf_drop events {}, lost {} (of failures {}) lost_user {}, missed {:?}, covered {:?}, per CPU {:?}",
         k.insert_failed,
@@ -1553,7 +1564,7 @@ fn insert_failures_find_room_in_a_ring_a_flood_has_filled() {
         k.per_cpu.iter().map(|c| c.insert_failed).collect::<Vec<_>>()
     );
     let mut cpus = std::collections::BTreeMap::new();
-    for e in of_kind(&rec, Kind::InsertFailed, a.node_inode) {
+    for e in of_kind(&rec, Kind::InsertFailed, node) {
         *cpus.entry(e.cpu).or_insert(0u64) += 1;
     }
     eprintln!("lt-fr: insert_failed events by CPU {cpus:?}");
@@ -1581,19 +1592,7 @@ fn insert_failures_find_room_in_a_ring_a_flood_has_filled() {
 fn insert_failures_outlast_a_flood_of_other_drops_behind_a_lagging_reader() {
     require_host!();
     let _g = common::serial();
-    let a = Topology::create("lt-fl-a", snat::CLIENTS).unwrap();
-    let f = Topology::create("lt-fl-f", 1).unwrap();
-    let _sa = Server::start(&a.names.server, snat::server_ports()).unwrap();
-    Variant::Deterministic.install(&a).unwrap();
-    ctrace::lab::topology::cmd_in(
-        &f.names.pods,
-        "iptables",
-        &["-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "DROP"],
-    )
-    .unwrap();
-    let flood = Flood::loopback(&f.names.pods, 1, 60);
-    let rec = Rec::start_env(
-        &a.names.node,
+    let (rec, node, sent) = snat_round_beside_a_flood(
         "lt-fl",
         &[],
         &[
@@ -1601,13 +1600,9 @@ fn insert_failures_outlast_a_flood_of_other_drops_behind_a_lagging_reader() {
             ("CTRACE_TEST_QUEUE_EVENTS", "2048"),
         ],
     );
-    snat::run_round(&a, Variant::Deterministic, 0).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let (rec, _) = rec.stop_all();
-    let sent = flood.stop();
     let t = rec.trailer.as_ref().unwrap();
     let k = kernel(&rec);
-    let failed = of_kind(&rec, Kind::InsertFailed, a.node_inode).len() as u64;
+    let failed = of_kind(&rec, Kind::InsertFailed, node).len() as u64;
     eprintln!(
         "lt-fl: insert_failed events {failed}, kernel {}; the flood sent {sent}, nf_drop events {}, lost {} lost_user {}",
         k.insert_failed,

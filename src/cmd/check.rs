@@ -55,9 +55,15 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let deadline = t0 + a.duration;
     let mut last_progress = Instant::now();
     let mut ended_early = false;
-    while Instant::now() < deadline {
-        if traced.stop_requested() {
-            ended_early = true;
+    // once ended, reading goes on while a lab's traffic winds down
+    let mut ending = false;
+    loop {
+        if !ending && (traced.stop_requested() || Instant::now() >= deadline) {
+            ended_early = traced.stop_requested();
+            ending = true;
+            traced.wind_down();
+        }
+        if ending && traced.wound_down() {
             break;
         }
         agg.add_output(
@@ -84,9 +90,7 @@ pub fn run(a: &CheckArgs) -> Result<i32> {
     let elapsed = t0.elapsed().as_secs_f64();
     let table_fill = traced.session.table_fill().ok();
     // traffic stops, probes detach, counters are read: in that order
-    let (fin, lab) = traced.finish_draining(|s| {
-        agg.add_output(&s.next_output(&mut corr, Duration::from_millis(100)));
-    })?;
+    let (fin, lab) = traced.finish()?;
     for e in fin.remaining {
         agg.add_output(&corr.push(e));
     }

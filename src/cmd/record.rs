@@ -97,15 +97,23 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
         Ok(())
     };
 
+    // once ended (a signal, the duration), the loop goes on while a lab's
+    // traffic winds down: what it still causes is written as it comes
+    let mut ending = false;
     loop {
-        if traced.stop_requested() {
-            break;
-        }
-        if let Some(d) = deadline {
-            if Instant::now() >= d {
+        if !ending {
+            if traced.stop_requested() {
+                ending = true;
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 ended_by = "duration".into();
-                break;
+                ending = true;
             }
+            if ending {
+                traced.wind_down();
+            }
+        }
+        if ending && traced.wound_down() {
+            break;
         }
         let out = session.next_output(&mut corr, Duration::from_millis(100));
         if let Err(err) = emit(
@@ -143,25 +151,9 @@ pub fn run(a: &RecordArgs) -> Result<i32> {
             ));
         }
     }
-    // the lab's traffic ends before the probes detach: nothing it causes
-    // goes untraced, and what comes meanwhile is written as it comes
-    let (fin, lab) = traced.finish_draining(|s| {
-        if write_err.is_some() {
-            std::thread::sleep(Duration::from_millis(20));
-            return;
-        }
-        let out = s.next_output(&mut corr, Duration::from_millis(100));
-        if let Err(err) = emit(
-            out,
-            &mut w,
-            &mut pcap,
-            &mut counts,
-            &mut total,
-            &mut incidents,
-        ) {
-            write_err = Some(err);
-        }
-    })?;
+    // the lab's traffic has ended before the probes detach: nothing it
+    // causes goes untraced
+    let (fin, lab) = traced.finish()?;
     if let Some(err) = write_err {
         return Err(err);
     }

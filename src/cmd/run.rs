@@ -109,23 +109,22 @@ impl Traced {
         Ok((fin, self.lab))
     }
 
-    /// [`Traced::finish`], for a face that consumes events itself: while the
-    /// lab's traffic winds down (its current round: up to a few seconds), `drain` is called again and again to take the events that
-    /// keep coming: a consumer that only waited let a flood elsewhere on the
-    /// node fill its queue (`check --lab` beside 400k drops/s: 190-240k
-    /// dropped in user space at every end). `drain` should wait for events
-    /// (next_output's timeout): it is called until the traffic has ended.
-    pub fn finish_draining(
-        self,
-        mut drain: impl FnMut(&Session),
-    ) -> Result<(Finish, Option<Background>)> {
-        if let Some(t) = self.lab.as_ref().map(|l| l.traffic()) {
-            t.request_stop();
-            while !t.ended() {
-                drain(&self.session);
-            }
+    /// Asks the lab's traffic to end after its current round (up to a few
+    /// seconds of SYN retransmits), without waiting: the face keeps reading
+    /// until [`Traced::wound_down`], then calls [`Traced::finish`]. A face
+    /// that only waited let a flood elsewhere on the node fill its queue
+    /// (`check --lab` beside 400k drops/s: 190-240k events dropped in user
+    /// space at every end).
+    pub fn wind_down(&self) {
+        if let Some(l) = &self.lab {
+            l.traffic().request_stop();
         }
-        self.finish()
+    }
+
+    /// Whether nothing more of the lab's can come: no lab, or its traffic
+    /// has ended.
+    pub fn wound_down(&self) -> bool {
+        self.lab.as_ref().map_or(true, |l| l.finished())
     }
 }
 

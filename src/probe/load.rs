@@ -12,6 +12,7 @@ use super::features::{self, Features};
 use super::object::{Object, OpenCfg};
 use super::plan::{self, Plan};
 use super::{Flavour, Mode, Probe};
+use crate::abi;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -66,8 +67,15 @@ impl Shared {
         let events =
             MapHandle::create(MapType::RingBuf, Some("events"), 0, 0, ring_bytes, &opts)
                 .with_context(|| format!("creating the ring buffer ({} MiB)", ring_bytes >> 20))?;
-        let lost = MapHandle::create(MapType::PercpuArray, Some("lost"), 4, 8, 2, &opts)
-            .context("creating the lost-record counter")?;
+        let lost = MapHandle::create(
+            MapType::PercpuArray,
+            Some("lost"),
+            4,
+            8,
+            abi::lost::KEYS,
+            &opts,
+        )
+        .context("creating the lost-record counter")?;
         Ok(Shared {
             events,
             lost,
@@ -78,13 +86,13 @@ impl Shared {
     /// Records lost because the ring buffer was full, or refused to keep its
     /// last quarter for the failures (sum over CPUs and kinds).
     pub fn lost(&self) -> u64 {
-        read_lost(&self.lost, LOST_OTHERS) + read_lost(&self.lost, LOST_FAILURES)
+        read_lost(&self.lost, abi::lost::OTHERS) + read_lost(&self.lost, abi::lost::FAILURES)
     }
 
     /// Of [`Shared::lost`], the records of the failure kinds (insert_failed,
     /// clash_resolved, tcp_invalid).
     pub fn lost_failures(&self) -> u64 {
-        read_lost(&self.lost, LOST_FAILURES)
+        read_lost(&self.lost, abi::lost::FAILURES)
     }
 }
 
@@ -362,11 +370,7 @@ impl Loaded {
     }
 }
 
-/// The lost counter's keys (`lost` in bpf/common.bpf.h).
-pub const LOST_OTHERS: u32 = 0;
-pub const LOST_FAILURES: u32 = 1;
-
-/// One key of the lost counter, summed over CPUs.
+/// One key of the lost counter (`abi::lost`), summed over CPUs.
 pub fn read_lost(map: &MapHandle, key: u32) -> u64 {
     let key = key.to_ne_bytes();
     match map.lookup_percpu(&key, libbpf_rs::MapFlags::ANY) {
