@@ -112,9 +112,8 @@ impl Traced {
     /// Asks the lab's traffic to end after its current round (up to a few
     /// seconds of SYN retransmits), without waiting: the face keeps reading
     /// until [`Traced::wound_down`], then calls [`Traced::finish`]. A face
-    /// that only waited let a flood elsewhere on the node fill its queue
-    /// (`check --lab` beside 400k drops/s: 190-240k events dropped in user
-    /// space at every end).
+    /// that only waited read nothing for those seconds, while a flood
+    /// elsewhere on the node kept filling its queue.
     pub fn wind_down(&self) {
         if let Some(l) = &self.lab {
             l.traffic().request_stop();
