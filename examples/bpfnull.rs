@@ -8,9 +8,13 @@
 //! in the NAT node), IPv4, next to ctrace's own slots: `null_nf_pre_out` to
 //! PREROUTING and LOCAL_OUT at -198, `null_nf_post_in` to POSTROUTING and
 //! LOCAL_IN at INT_MAX-3.
+//!
+//! A ring buffer named `null_events` (the event floor's) is drained the way
+//! ctrace drains its own: a poll with a 25 ms timeout, then every record
+//! read (the records come without a wake-up, so the poll alone reads none).
 
 use anyhow::{bail, Context};
-use libbpf_rs::{NetfilterOpts, NFPROTO_IPV4};
+use libbpf_rs::{MapCore, NetfilterOpts, NFPROTO_IPV4};
 
 const PRE_ROUTING: i32 = 0;
 const LOCAL_IN: i32 = 1;
@@ -49,10 +53,27 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let ring = obj
+        .maps()
+        .find(|m| m.name() == "null_events")
+        .map(|m| {
+            let mut b = libbpf_rs::RingBufferBuilder::new();
+            b.add(&m, |_| 0).context("adding null_events")?;
+            b.build().context("building the ring reader")
+        })
+        .transpose()?;
     println!("attached");
     // until a signal ends the process (its descriptors, links included, close)
     loop {
-        std::thread::park();
+        match &ring {
+            Some(r) => {
+                // records come without a wake-up: drain after every
+                // timeout, as ctrace's reader does (src/pipeline.rs)
+                let _ = r.poll(std::time::Duration::from_millis(25));
+                let _ = r.consume();
+            }
+            None => std::thread::park(),
+        }
         let _ = &links;
     }
 }
