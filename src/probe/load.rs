@@ -323,9 +323,19 @@ impl Loaded {
         };
         let mut progs: Vec<_> = self.object.object().progs_mut().collect();
         progs.sort_by_key(|p| is_second(p));
+        // tests only: the firsts run alone this long before the twins attach
+        let twin_delay = std::env::var("CTRACE_TEST_TWIN_ATTACH_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis);
+        let mut delayed = false;
         for prog in progs {
             if !prog.autoload() {
                 continue;
+            }
+            if let Some(d) = twin_delay.filter(|_| !delayed && is_second(&prog)) {
+                std::thread::sleep(d);
+                delayed = true;
             }
             let name = prog.name().to_string_lossy().into_owned();
             let hooks = nf_slots(&name);
@@ -366,6 +376,32 @@ impl Loaded {
         self.links = links;
         self.notes = notes;
         self.nf_attached = attached;
+        if !twins.is_empty() {
+            self.clear_twin_keys()?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the twins' key stacks (symptoms.bpf.c `twin_keys`, where a
+    /// probe has one): until its twin attached, a first pushed keys that
+    /// nothing popped, and a stale key could make a later drop look handled.
+    /// A key zeroed while its pair is between the two programs costs at most
+    /// one repeated event.
+    fn clear_twin_keys(&self) -> Result<()> {
+        let Some(map) = self
+            .object
+            .object()
+            .maps()
+            .find(|m| m.name() == "twin_keys")
+        else {
+            return Ok(());
+        };
+        let cpus = libbpf_rs::num_possible_cpus().context("counting possible CPUs")?;
+        let zero = vec![vec![0u8; map.value_size() as usize]; cpus];
+        for key in 0..map.max_entries() {
+            map.update_percpu(&key.to_ne_bytes(), &zero, libbpf_rs::MapFlags::ANY)
+                .context("zeroing twin_keys")?;
+        }
         Ok(())
     }
 }

@@ -17,9 +17,19 @@
  * before it emits, the twin pops it when it is on top (the first handled
  * this drop) and emits otherwise (the first was skipped: the key on top is
  * the interrupted drop's, or none). Only drops that pass the filters pay
- * for the stack; every other freed skb costs the twin one call. A twin
- * skipped in turn (nested in itself) leaves a key behind, which costs at
- * most one repeated event, never a lost one. */
+ * for the stack; every other freed skb costs the twin one call.
+ *
+ * A key nobody pops is stale, and a stale key could swallow a drop: a
+ * later firing that the first skips, whose skb reuses the stale key's
+ * address at the same location (all netfilter drops share one), would look
+ * handled. Two things leave keys behind, and both are undone: a twin skipped
+ * in turn (nested in itself) leaves the nested first's key, so every twin
+ * cuts the stack back, when it ends, to the height it left it at (whatever
+ * was pushed meanwhile was pushed by a run nested in it, finished by then,
+ * whose twin was this one: skipped); and the first runs alone between the
+ * two programs' attachments, so user space zeroes the stacks once both are
+ * attached (src/probe/load.rs). A key cut or zeroed too early costs at most
+ * one repeated event, never a lost one. */
 struct twin_key {
 	__u64 a;
 	__u64 b;
@@ -55,19 +65,35 @@ static __always_inline void twin_push(__u32 which, __u64 a, __u64 b)
 	k->n = top + 1;
 }
 
-/* The twin: whether the first handled this firing (then its key is popped). */
-static __always_inline bool twin_taken(__u32 which, __u64 a, __u64 b)
+/* The twin: whether the first handled this firing (then its key is
+ * popped). *height: the stack's height after this decision, for twin_end. */
+static __always_inline bool twin_taken(__u32 which, __u64 a, __u64 b, __u32 *height)
 {
 	struct twin_keys *k = bpf_map_lookup_elem(&twin_keys, &which);
 	struct twin_key *top;
+	bool taken = false;
 
-	if (!k || k->n == 0)
+	*height = 0;
+	if (!k)
 		return false;
-	top = &k->key[(k->n - 1) & 3];
-	if (top->a != a || top->b != b)
-		return false;
-	k->n--;
-	return true;
+	if (k->n > 0) {
+		top = &k->key[(k->n - 1) & 3];
+		if (top->a == a && top->b == b) {
+			k->n--;
+			taken = true;
+		}
+	}
+	*height = k->n;
+	return taken;
+}
+
+/* The twin's end: the keys pushed above its height while it ran are stale. */
+static __always_inline void twin_end(__u32 which, __u32 height)
+{
+	struct twin_keys *k = bpf_map_lookup_elem(&twin_keys, &which);
+
+	if (k && k->n > height)
+		k->n = height;
 }
 
 /* Whether the drop is one to report; its netns in *netns. */
@@ -115,12 +141,13 @@ int BPF_PROG(sym_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(sym_kfree_twin, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	__u32 netns = 0;
+	__u32 netns = 0, height;
 
-	if (!sym_drop_wanted(skb, reason, &netns) ||
-	    twin_taken(TWIN_DROP, (__u64)skb, (__u64)location))
+	if (!sym_drop_wanted(skb, reason, &netns))
 		return 0;
-	sym_drop_emit(skb, location, reason, netns);
+	if (!twin_taken(TWIN_DROP, (__u64)skb, (__u64)location, &height))
+		sym_drop_emit(skb, location, reason, netns);
+	twin_end(TWIN_DROP, height);
 	return 0;
 }
 
@@ -321,10 +348,12 @@ int BPF_PROG(sym_retransmit, const struct sock *sk, const struct sk_buff *skb)
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(sym_retrans_twin, const struct sock *sk, const struct sk_buff *skb)
 {
-	__u32 netns = 0;
+	__u32 netns = 0, height;
 
-	if (!sym_retrans_wanted(sk, &netns) || twin_taken(TWIN_RETRANS, (__u64)sk, (__u64)skb))
+	if (!sym_retrans_wanted(sk, &netns))
 		return 0;
-	sym_retrans_emit(sk, netns);
+	if (!twin_taken(TWIN_RETRANS, (__u64)sk, (__u64)skb, &height))
+		sym_retrans_emit(sk, netns);
+	twin_end(TWIN_RETRANS, height);
 	return 0;
 }
