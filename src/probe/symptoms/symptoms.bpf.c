@@ -65,26 +65,34 @@ static __always_inline void twin_push(__u32 which, __u64 a, __u64 b)
 	k->n = top + 1;
 }
 
-/* The twin: whether the first handled this firing (then its key is
- * popped). *height: the stack's height after this decision, for twin_end. */
+/* The twin: whether the first handled this firing (then its key is popped,
+ * with any key above it: those were pushed by runs nested in this twin
+ * before it looked, whose own twin, this one, was skipped). *height: the
+ * stack's height after this decision, for twin_end. */
 static __always_inline bool twin_taken(__u32 which, __u64 a, __u64 b, __u32 *height)
 {
 	struct twin_keys *k = bpf_map_lookup_elem(&twin_keys, &which);
-	struct twin_key *top;
-	bool taken = false;
+	__u32 n, i;
 
 	*height = 0;
 	if (!k)
 		return false;
-	if (k->n > 0) {
-		top = &k->key[(k->n - 1) & 3];
-		if (top->a == a && top->b == b) {
-			k->n--;
-			taken = true;
+	n = k->n < 4 ? k->n : 4;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		struct twin_key *t;
+
+		if (i >= n)
+			break;
+		t = &k->key[(n - 1 - i) & 3];
+		if (t->a == a && t->b == b) {
+			k->n = n - 1 - i;
+			*height = n - 1 - i;
+			return true;
 		}
 	}
 	*height = k->n;
-	return taken;
+	return false;
 }
 
 /* The twin's end: the keys pushed above its height while it ran are stale. */
