@@ -43,24 +43,29 @@ int null_nf_post_in(void *ctx)
 }
 
 /* The event floor: the least that any program emitting an event to user
- * space can do on the hook -- reserve a record of an nf_drop event's size in a
- * ring buffer, stamp it with bpf_ktime_get_ns, submit it without a wake-up --
- * with a reader draining the ring every 25 ms like ctrace's (bpfnull). Each
- * emits where ctrace's program on its hook does: on kfree_skb for the drops
- * a rule made (NETFILTER_DROP), on tcp_send_reset for a RST that no socket
- * sent, on tcp_retransmit_skb on every run (the load retransmits only SYNs). bench/run divides
- * ctrace's per-event programs by these as well as by the empty ones: what an
- * event adds to the hook is mostly a helper call into the ring and one into
- * the clock, which no tracer that hands records to user space avoids.
- * Helpers by number (no libbpf headers here); the drop reason's value by
- * CO-RE, from a local enum that the loader matches with the kernel's by
- * name. */
+ * space can do on the hook -- reserve a record of an nf_drop event's size
+ * (CT_LEN_PACKET, from ctrace's ABI header) in a ring buffer, stamp it with
+ * bpf_ktime_get_ns, submit it without a wake-up -- with a reader draining
+ * the ring every 25 ms like ctrace's (bpfnull). Each emits where ctrace's
+ * program on its hook does: on kfree_skb for the drops a rule made
+ * (NETFILTER_DROP), on tcp_send_reset for a RST that no socket sent, on
+ * tcp_retransmit_skb on every run (the load retransmits only SYNs).
+ * bench/run divides ctrace's per-event programs by these as well as by the
+ * empty ones: what an event adds to the hook is mostly a helper call into
+ * the ring and one into the clock, which no tracer that hands records to
+ * user space avoids. Helpers by number (no libbpf headers here); the drop
+ * reason's value by CO-RE, from a local enum that the loader matches with
+ * the kernel's by name. */
 typedef unsigned long long u64;
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef u64 __u64;
+#include "../bpf/ctrace.h" /* CT_LEN_PACKET: an nf_drop record's size */
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, u64 size, u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, u64 flags) = (void *)132;
 static u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 #define BPF_RB_NO_WAKEUP 1
-#define NULL_EVENT_BYTES 112 /* sizeof an nf_drop record (CT_LEN_PACKET, 8-aligned) */
 
 struct {
 	int (*type)[27]; /* BPF_MAP_TYPE_RINGBUF */
@@ -71,7 +76,7 @@ enum skb_drop_reason { SKB_DROP_REASON_NETFILTER_DROP = 0 };
 
 static inline int null_event(void)
 {
-	u64 *e = bpf_ringbuf_reserve(&null_events, NULL_EVENT_BYTES, 0);
+	u64 *e = bpf_ringbuf_reserve(&null_events, CT_LEN_PACKET, 0);
 
 	if (!e)
 		return 0;

@@ -1620,8 +1620,8 @@ fn insert_failures_outlast_a_flood_of_other_drops_behind_a_lagging_reader() {
 }
 
 /// Each CPU's twin key stack in ctrace's symptoms object (map `twin_keys`,
-/// key 0: the kfree_skb pair), as the height of the stack (`n`, after the
-/// four 16-byte keys of `struct twin_keys` in symptoms.bpf.c).
+/// key 0: the kfree_skb pair), as the height of the stack (`struct
+/// twin_keys`'s `n`, by name through the map's BTF).
 fn twin_drop_heights(pid: u32) -> Vec<u64> {
     let ids: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
@@ -1641,12 +1641,11 @@ fn twin_drop_heights(pid: u32) -> Vec<u64> {
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let byte = |b: &Value| u64::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16);
-    v[0]["values"]
+    v[0]["formatted"]["values"]
         .as_array()
-        .unwrap()
+        .expect("bpftool formats twin_keys from its BTF")
         .iter()
-        .map(|c| byte(&c["value"][64]).unwrap())
+        .map(|c| c["value"]["n"].as_u64().expect("a height per CPU"))
         .collect()
 }
 
