@@ -18,11 +18,14 @@ use std::io::Write;
 use std::time::Instant;
 
 use ctrace::event::{self, NoNames, RawEvent, RAW_EVENT_SIZE};
+use ctrace::incident::{Config, Correlator, Output};
 use ctrace::record::Writer;
 use ctrace::stats::Stats;
 use ctrace::symbolize::KernelSymbols;
 
 const POOL: usize = 4096;
+/// Records per batch from the ring thread, as in the pipeline.
+const BATCH: usize = 256;
 
 fn cpu_now() -> f64 {
     let mut ts = libc::timespec {
@@ -190,6 +193,7 @@ enum Stage {
     Decode,
     Stats,
     Record,
+    Correlate,
 }
 
 impl Stage {
@@ -199,6 +203,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Stats => "decode+stats",
             Stage::Record => "decode+json",
+            Stage::Correlate => "decode+correlate+json",
         }
     }
 }
@@ -208,6 +213,8 @@ fn run(stage: Stage, pool: &[Vec<u8>], n: u64, first: u64, syms: &mut KernelSymb
     let mut buf = [0u8; RAW_EVENT_SIZE];
     let mut stats = Stats::default();
     let mut w = Writer::new(Box::new(std::io::sink()), "sink".into());
+    let mut corr = Correlator::new(Config::default());
+    let mut batch = Vec::with_capacity(BATCH);
     let (t0, c0) = (Instant::now(), cpu_now());
     for i in first..first + n {
         record(pool, i, &mut buf);
@@ -229,7 +236,27 @@ fn run(stage: Stage, pool: &[Vec<u8>], n: u64, first: u64, syms: &mut KernelSymb
                 syms.fill(&mut e);
                 w.event(&e).unwrap();
             }
+            Stage::Correlate => {
+                // `record`'s whole path on one thread: records decoded in
+                // batches as the ring thread hands them over, held and
+                // matched into incidents, symbolized, written
+                batch.push(Box::new(event::decode(black_box(&buf), &NoNames).unwrap()));
+                if batch.len() == BATCH || i + 1 == first + n {
+                    let mut out = Output::default();
+                    for e in batch.drain(..) {
+                        out.extend(corr.push(e));
+                    }
+                    for mut e in out.events {
+                        syms.fill(&mut e);
+                        w.event(&e).unwrap();
+                    }
+                }
+            }
         }
+    }
+    for mut e in corr.finish(u64::MAX).events {
+        syms.fill(&mut e);
+        w.event(&e).unwrap();
     }
     w.flush().unwrap();
     black_box(&stats);
@@ -243,10 +270,16 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn throughput(n: u64, repeats: usize, only: Option<&str>) {
     let pool: Vec<Vec<u8>> = pool().iter().map(|r| as_bytes(r).to_vec()).collect();
-    let stages: Vec<Stage> = [Stage::Copy, Stage::Decode, Stage::Stats, Stage::Record]
-        .into_iter()
-        .filter(|s| only.map_or(true, |o| o == s.name()))
-        .collect();
+    let stages: Vec<Stage> = [
+        Stage::Copy,
+        Stage::Decode,
+        Stage::Stats,
+        Stage::Record,
+        Stage::Correlate,
+    ]
+    .into_iter()
+    .filter(|s| only.map_or(true, |o| o == s.name()))
+    .collect();
     // one symbolizer for the run, as in `record` (it loads kallsyms once)
     let mut syms = KernelSymbols::new();
     let mut cpu_rates: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];

@@ -38,7 +38,7 @@ pub struct SessionConfig {
 /// What is left when a session ends.
 pub struct Finish {
     /// Events still queued when tracing stopped.
-    pub remaining: Vec<Event>,
+    pub remaining: Batch,
     /// Kernel counters over the session (per CPU).
     pub counters: Option<Snapshot>,
     pub lost: u64,

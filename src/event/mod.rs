@@ -198,7 +198,8 @@ pub struct Event {
     pub cgroup_id: Option<u64>,
     /// Symbolized kernel location (`nf_hook_slow+0x9c`) where the kernel gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
+    /// Shared: one string per kernel location, whatever the events at it.
+    pub location: Option<std::sync::Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location_addr: Option<String>,
     /// Which hook flavour produced it: netfilter, kprobe, fentry, tracepoint.

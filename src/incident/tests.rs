@@ -84,6 +84,7 @@ fn single_port_race_names_the_one_that_connected_and_every_loser_fails() {
     let losers: Vec<&Event> = out
         .events
         .iter()
+        .map(|e| &**e)
         .filter(|e| e.kind == Kind::InsertFailed)
         .collect();
     assert_eq!(losers.len(), 6);
@@ -162,6 +163,7 @@ fn a_winner_outlives_more_failed_attempts_on_its_tuple_than_are_kept_per_key() {
     let losers_seen: Vec<&Event> = out
         .events
         .iter()
+        .map(|e| &**e)
         .filter(|e| e.kind == Kind::InsertFailed)
         .collect();
     assert_eq!(losers_seen.len(), 24);
@@ -218,6 +220,7 @@ fn a_clash_right_after_the_remembered_tuples_overflow_is_still_seen() {
     let clashes = out
         .events
         .iter()
+        .map(|e| &**e)
         .filter(|e| e.kind == Kind::ClashResolved)
         .count();
     assert_eq!(clashes, 1);
@@ -310,6 +313,7 @@ fn stable_mode_sees_a_resolved_clash_in_two_allocations_of_one_tuple() {
     let clash: Vec<&Event> = out
         .events
         .iter()
+        .map(|e| &**e)
         .filter(|e| e.kind == Kind::ClashResolved)
         .collect();
     assert_eq!(clash.len(), 1);

@@ -133,8 +133,8 @@ const BEHIND_BATCH: usize = 256;
 const BEHIND_BATCHES: usize = 16;
 
 enum Queued {
-    Event(Event),
-    Line(Line),
+    Event(Box<Event>),
+    Line(Box<Line>),
     /// Answered once everything queued before it is written and flushed.
     Flush(SyncSender<()>),
 }
@@ -226,12 +226,12 @@ impl Behind {
         }
     }
 
-    pub fn event(&mut self, e: Event) -> Result<()> {
-        self.queue(Queued::Event(e))
+    pub fn event(&mut self, e: impl Into<Box<Event>>) -> Result<()> {
+        self.queue(Queued::Event(e.into()))
     }
 
     pub fn write(&mut self, l: Line) -> Result<()> {
-        self.queue(Queued::Line(l))
+        self.queue(Queued::Line(Box::new(l)))
     }
 
     /// Waits until everything queued so far is written and flushed.

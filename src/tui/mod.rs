@@ -212,6 +212,13 @@ fn start_live(
     }
 }
 
+/// The model keeps events by value (it holds a bounded log of them); the
+/// engine hands them over boxed ([`crate::pipeline::Batch`]).
+#[allow(clippy::vec_box)]
+fn unboxed(v: Vec<Box<crate::event::Event>>) -> Vec<crate::event::Event> {
+    v.into_iter().map(|e| *e).collect()
+}
+
 fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool, workloads: bool) {
     // as `record` does, on this consumer thread: a lookup is a cache hit, a
     // scan of the node on a miss at most once a second
@@ -231,7 +238,7 @@ fn session_loop(session: &mut Session, tx: &SyncSender<Msg>, stop: &AtomicBool, 
                     .and_then(|w| serde_json::to_value(w).ok());
             }
         }
-        if !out.events.is_empty() && tx.send(Msg::Events(out.events)).is_err() {
+        if !out.events.is_empty() && tx.send(Msg::Events(unboxed(out.events))).is_err() {
             return;
         }
         if !out.incidents.is_empty() && tx.send(Msg::Incidents(out.incidents)).is_err() {
@@ -395,7 +402,7 @@ fn ui_loop(
                                 out.incidents.extend(o.incidents);
                             }
                             if !out.events.is_empty() {
-                                app.add_events(out.events);
+                                app.add_events(unboxed(out.events));
                             }
                             if !out.incidents.is_empty() {
                                 app.update(Msg::Incidents(out.incidents));

@@ -155,7 +155,8 @@ impl Rotator {
 
     /// Writes the event (and its packet, with `--pcap`: `e.frame` is set to
     /// its frame in the current file's capture).
-    pub fn event(&mut self, mut e: Event) -> Result<()> {
+    pub fn event(&mut self, e: impl Into<Box<Event>>) -> Result<()> {
+        let mut e = e.into();
         if let Some(o) = self.open.as_mut() {
             *o.events.entry(e.kind.name()).or_default() += 1;
             if let Some(p) = o.pcap.as_mut() {
